@@ -1,0 +1,5 @@
+"""``python -m fedcot`` runs the command line."""
+
+from fedcot.cli import app
+
+app()

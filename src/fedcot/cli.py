@@ -1,0 +1,284 @@
+"""The ``fedcot`` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedcot import __version__
+from fedcot.errors import FedcotError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="fedcot",
+    help=(
+        "Privacy-preserving knowledge transfer between a server LLM and client SLMs.\n\n"
+        "Start with 'fedcot demo' (runs on the embedded models, no arguments needed), "
+        "'fedcot models list' and 'fedcot eval --help'."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(
+    help="List and prepare the embedded and local models.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML or YAML config file.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config field: --set generation.max_new_tokens=64."),
+]
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn fedcot errors into a red message with a hint and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FedcotError as exc:
+            err.print(f"[bold red]error:[/] {exc.message}")
+            if exc.hint:
+                err.print(f"[yellow]hint:[/] {exc.hint}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"fedcot {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """fedcot command line."""
+
+
+# -- models --------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+@friendly_errors
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show the embedded models and what is converted in the cache."""
+    from fedcot.models.registry import list_models
+
+    rows = list_models()
+    if as_json:
+        out.print_json(json.dumps([r.__dict__ for r in rows]))
+        return
+    table = Table(title="fedcot models")
+    for col in ("name", "kind", "installed", "prepared", "chat", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r.name,
+            r.kind,
+            "yes" if r.installed else "[red]no[/]",
+            "yes" if r.prepared else "no",
+            "yes" if r.chat else "no",
+            r.description,
+        )
+    out.print(table)
+    out.print("Any local transformers folder or .gguf file works wherever a model name does.")
+
+
+@models_app.command("prepare")
+@friendly_errors
+def models_prepare(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Embedded names, .gguf files or folders (default: all embedded)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Convert again even when cached.")] = False,
+) -> None:
+    """Convert GGUF models to cached float32 transformers checkpoints (done once)."""
+    import time
+
+    from fedcot.models.registry import EMBEDDED, prepare
+
+    for name in names or list(EMBEDDED):
+        t0 = time.perf_counter()
+        err.print(f"preparing [bold]{name}[/] ...")
+        folder = prepare(name, force=force)
+        out.print(f"{name}: {folder} ({time.perf_counter() - t0:.1f} s)")
+
+
+# -- eval ----------------------------------------------------------------------------------
+
+
+@app.command("eval")
+@friendly_errors
+def eval_cmd(
+    config: ConfigOpt = None,
+    model: Annotated[str | None, typer.Option(help="Model name, .gguf file or folder.")] = None,
+    backend: Annotated[str | None, typer.Option(help="transformers | openai | llamacpp.")] = None,
+    server: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible base URL (implies --backend openai).")
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="cqa, svamp, gsm8k, esnli, anli1, rte, or a kind.")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="Datasets root, a dataset folder, a .jsonl/.csv file or hf:NAME."),
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Split to score.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Score only the first N examples.")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="generate (parse answers) | likelihood (score choices).")
+    ] = None,
+    fewshot: Annotated[int | None, typer.Option(help="Few-shot examples from train.")] = None,
+    cot: Annotated[bool | None, typer.Option("--cot/--no-cot", help="Chain of thought.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Generation length.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Prompts per forward pass.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Per-example predictions (JSONL).")
+    ] = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Score a model on a task: accuracy with a 95 % interval and per-example predictions."""
+    from fedcot.config import EvalConfig, load_config
+    from fedcot.data import get_task, load_dataset
+
+    cfg = load_config(
+        EvalConfig,
+        config,
+        overrides or [],
+        {
+            "model.model": model,
+            "model.kind": "openai" if server else backend,
+            "model.base_url": server,
+            "model.batch_size": batch_size,
+            "task": task,
+            "data": data,
+            "split": split,
+            "limit": limit,
+            "method": method,
+            "fewshot": fewshot,
+            "cot": cot,
+            "generation.max_new_tokens": max_new_tokens,
+            "output": str(output) if output else None,
+        },
+    )
+    task_obj = get_task(cfg.task)
+    examples = load_dataset(cfg.data, task_obj, cfg.split, limit=cfg.limit, rationales=False)
+    shots = []
+    if cfg.fewshot:
+        shots = _fewshot_pool(cfg.data, task_obj, cfg.split)[: cfg.fewshot]
+    err.print(f"loading [bold]{cfg.model.model}[/] ({cfg.model.kind}) ...")
+    be = cfg.model.build()
+    from fedcot.evaluation import evaluate
+
+    result = evaluate(
+        be,
+        task_obj,
+        examples,
+        method=cfg.method,
+        params=cfg.generation,
+        chat=cfg.chat,
+        fewshot=shots,
+        cot=cfg.cot,
+    )
+    _print_result(result)
+    if cfg.output:
+        path = result.write_predictions(cfg.output)
+        cfg.output.with_suffix(".summary.json").write_text(json.dumps(result.summary(), indent=2))
+        out.print(f"predictions: {path}")
+
+
+def _fewshot_pool(data: str, task: Any, split: str) -> list[Any]:
+    from fedcot.data import load_dataset
+    from fedcot.errors import DataError
+
+    for candidate in ("train", "valid", "val"):
+        if candidate == split:
+            continue
+        try:
+            return load_dataset(data, task, candidate, limit=64, rationales=True)
+        except DataError:
+            try:
+                return load_dataset(data, task, candidate, limit=64, rationales=False)
+            except DataError:
+                continue
+    raise FedcotError(
+        f"no split other than '{split}' to draw few-shot examples from",
+        hint="use --fewshot 0",
+    )
+
+
+def _print_result(result: Any) -> None:
+    table = Table(title=f"{result.model} on {result.task} ({result.method})")
+    for col in ("n", "accuracy", "95 % CI", "unparsed", "seconds"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(result.n),
+        f"{100 * result.accuracy:.1f} %",
+        f"{100 * result.ci_low:.1f} – {100 * result.ci_high:.1f} %",
+        str(result.unparsed),
+        f"{result.seconds:.1f}",
+    )
+    out.print(table)
+
+
+# -- demo ----------------------------------------------------------------------------------
+
+
+@app.command("demo")
+@friendly_errors
+def demo_cmd(
+    config: ConfigOpt = None,
+    records: Annotated[int | None, typer.Option(help="Private records to generate.")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Run the main job on the embedded defaults (no arguments needed)."""
+    from fedcot.config import DemoConfig, dump_config, load_config
+    from fedcot.demo import run_demo
+
+    cfg = load_config(
+        DemoConfig,
+        config,
+        overrides or [],
+        {"records": records, "output_dir": str(output_dir) if output_dir else None},
+    )
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.output_dir / "config.yaml").write_text(dump_config(cfg))
+    run_demo(cfg, console=out)
+
+
+def run() -> None:  # pragma: no cover - console entry point helper
+    """Entry point used by ``python -m fedcot``."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

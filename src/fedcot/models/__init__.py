@@ -1,0 +1,1 @@
+"""Models: the registry of embedded models and the generation backends."""

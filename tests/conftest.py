@@ -1,0 +1,25 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """The read-only real datasets folder (``../shared/datasets`` next to the repo).
+
+    ``FEDCOT_SHARED_DATASETS`` overrides the location. Tests that need it are skipped when
+    it is absent.
+    """
+    env = os.environ.get("FEDCOT_SHARED_DATASETS")
+    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+    if not path.is_dir():
+        pytest.skip(
+            f"shared datasets not found at {path} "
+            "(set FEDCOT_SHARED_DATASETS to the shared/datasets folder)"
+        )
+    return path

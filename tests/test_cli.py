@@ -1,0 +1,106 @@
+"""The command line: help, models, eval end to end on a tiny local model, error messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from fedcot.cli import app
+
+from tiny_models import make_tiny_lm
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    model, tok = make_tiny_lm(seed=2)
+    folder = tmp_path_factory.mktemp("tiny-lm")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def mc_file(tmp_path):
+    p = tmp_path / "mc.jsonl"
+    rows = [
+        {
+            "id": str(i),
+            "question": f"Question number {i}?",
+            "choices": ["red", "green", "blue"],
+            "answer": ["red", "green", "blue"][i % 3],
+        }
+        for i in range(6)
+    ]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def test_help_lists_only_real_commands():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for cmd in ("models", "eval", "demo"):
+        assert cmd in res.output
+    # Commands of later stages are not registered as empty placeholders.
+    assert set(typer.main.get_command(app).commands) == {"models", "eval", "demo"}
+    assert runner.invoke(app, ["--version"]).output.startswith("fedcot ")
+
+
+def test_models_list_json():
+    res = runner.invoke(app, ["models", "list", "--json"])
+    assert res.exit_code == 0, res.output
+    names = {row["name"] for row in json.loads(res.output)}
+    assert {"smollm2-135m-instruct", "gemma3-270m"} <= names
+
+
+@pytest.mark.parametrize("method", ["generate", "likelihood"])
+def test_eval_on_local_model_writes_predictions(tiny_folder, mc_file, tmp_path, method):
+    out = tmp_path / "preds.jsonl"
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            str(tiny_folder),
+            "--task",
+            "multiple-choice",
+            "--data",
+            str(mc_file),
+            "--method",
+            method,
+            "--max-new-tokens",
+            "4",
+            "--limit",
+            "5",
+            "-o",
+            str(out),
+        ],
+        env={"FEDCOT_PROGRESS": "0"},
+    )
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 5 and {"id", "gold", "prediction", "correct"} <= set(rows[0])
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert summary["n"] == 5 and summary["method"] == method
+    assert summary["correct"] == sum(r["correct"] for r in rows)
+
+
+def test_errors_are_messages_with_hints(mc_file):
+    res = runner.invoke(
+        app,
+        ["eval", "--model", "no-such-model", "--task", "multiple-choice", "--data", str(mc_file)],
+    )
+    assert res.exit_code == 2
+    assert "unknown model 'no-such-model'" in res.output and "hint" in res.output
+    res = runner.invoke(app, ["eval", "--set", "generation.max_new_tokens=0"])
+    assert res.exit_code == 2 and "generation.max_new_tokens" in res.output
+    res = runner.invoke(app, ["eval", "--task", "nonsense", "--data", str(mc_file)])
+    assert res.exit_code == 2 and "nonsense" in res.output
+    res = runner.invoke(
+        app, ["eval", "--task", "multiple-choice", "--data", "/nonexistent/x.jsonl"]
+    )
+    assert res.exit_code == 2 and "/nonexistent/x.jsonl" in res.output
