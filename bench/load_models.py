@@ -16,6 +16,8 @@ CHILD = r"""
 import json, resource, time
 t0 = time.perf_counter()
 from fedcot.models.registry import load_model
+import torch, transformers  # import cost is reported apart from the load
+from transformers import AutoModelForCausalLM, AutoTokenizer
 t_import = time.perf_counter() - t0
 t1 = time.perf_counter()
 model, tok = load_model({name!r})
