@@ -214,3 +214,14 @@ def test_bad_epsilon(space, bad):
                 np.array([bad]),
                 np.random.default_rng(0),
             )
+
+
+def test_adaptive_worst_case_is_eps_normal(space):
+    # A unit flagged sensitive draws at ε_S, an unflagged one at ε_N ≥ ε_S: for any pair of
+    # inputs and any output the log-ratio stays within (ε_S + ε_N)/2 ≤ ε_N.
+    mech = ExponentialMechanism(space)
+    eps_s, eps_n = 1.0, 4.0
+    low = {x: mech.index_distribution(x, eps_s)[1] for x in WORDS}
+    high = {x: mech.index_distribution(x, eps_n)[1] for x in WORDS}
+    worst = max(np.max(np.abs(high[a] - low[b])) for a in WORDS for b in WORDS)
+    assert worst <= (eps_s + eps_n) / 2 + 1e-9 <= eps_n

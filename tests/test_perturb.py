@@ -180,3 +180,18 @@ def test_units_round_trip_property():
         assert join_units(split_units(s)) == s
 
     check()
+
+
+def test_adaptive_routes_sensitive_words_to_their_own_mechanism(space):
+    normal, sensitive = SpyWords(space), SpyWords(space)
+    p = Perturber(
+        normal,
+        strategy="adaptive",
+        sensitive_words=sensitive,
+        epsilon=1.0,
+        epsilon_normal=4.0,
+        detector=CapitalsAreSensitive(),
+    )
+    p.perturb([TEXT])
+    assert sorted(sensitive.calls[0]) == ["alice", "bob", "eur"]
+    assert not {"alice", "bob", "eur"} & set(normal.calls[0])

@@ -7,8 +7,10 @@ from its class's mechanism (whitespace is kept as layout). Strategies:
 - ``topk``: the same weights on each unit's K nearest candidates (CusText-style);
 - ``rantext``: InferDPT's random-adjacency mechanism (comparison with FATE-LLM);
 - ``adaptive``: FedCoT-A. A sensitivity detector marks units (PII patterns, numbers, proper
-  nouns, rare words, user terms); sensitive units get ε_S = ``epsilon``, the others
-  ε_N = ``epsilon_normal`` ≥ ε_S; an optional per-prompt budget scales both down.
+  nouns, rare words, user terms). Sensitive words go through the exponential mechanism over
+  the whole candidate set at ε_S = ``epsilon`` (a formal ε_S-LDP guarantee where it
+  matters); the other words through the ``base`` mechanism (top-K by default, for utility)
+  at ε_N = ``epsilon_normal`` ≥ ε_S; an optional per-prompt budget scales both down.
 - ``none``: identity (the non-private baseline, ε = ∞); nothing is charged.
 
 With ``consistent`` (the default) each distinct unit of a prompt is drawn once, so a name
@@ -61,7 +63,7 @@ class PerturbConfig(BaseModel):
         None, description="adaptive only: ε_N of other units (default 3 × epsilon)"
     )
     base: Literal["exponential", "topk"] = Field(
-        "topk", description="adaptive only: the word mechanism under the ε split"
+        "topk", description="adaptive only: the mechanism of non-sensitive words"
     )
     top_k: int = Field(32, ge=2, le=100000)
     consistent: bool = True
@@ -151,6 +153,7 @@ class Perturber:
         words: WordMechanism | None,
         *,
         strategy: Strategy,
+        sensitive_words: WordMechanism | None = None,
         epsilon: float,
         epsilon_normal: float | None = None,
         numbers: NumericMechanism | None = None,
@@ -178,6 +181,8 @@ class Perturber:
         if prompt_budget is not None:
             check_epsilon(prompt_budget, "prompt_budget")
         self.words = words
+        # Adaptive: sensitive words get their own mechanism (the full exponential one).
+        self.sensitive_words = sensitive_words or words
         self.numbers = numbers or NumericMechanism()
         self.punctuation = punctuation or PunctuationMechanism()
         self.detector = detector
@@ -203,13 +208,16 @@ class Perturber:
         else:
             words = RantextMechanism(space)
         detector = None
+        sensitive_words: WordMechanism | None = None
         if cfg.strategy == "adaptive":
             from fedcot.privacy.sensitivity import SensitivityDetector
 
             detector = SensitivityDetector(terms=tuple(cfg.terms), rare_zipf=cfg.rare_zipf)
+            sensitive_words = words if kind == "exponential" else ExponentialMechanism(space)
         return cls(
             words,
             strategy=cfg.strategy,
+            sensitive_words=sensitive_words,
             epsilon=cfg.eps_sensitive,
             epsilon_normal=cfg.eps_normal,
             detector=detector,
@@ -242,12 +250,19 @@ class Perturber:
         plans = [self._plan(pid, t) for pid, t in zip(ids, texts)]
         # 2. One batched call per unit class over every draw of the batch.
         outputs: dict[tuple[int, int], str] = {}
-        for kind, mech in (
-            ("word", self.words),
-            ("number", self.numbers),
-            ("punct", self.punctuation),
-        ):
-            jobs = [(p, d) for p, plan in enumerate(plans) for d in plan.draws if d.kind == kind]
+        routes = (
+            ("word", False, self.words),
+            ("word", True, self.sensitive_words),
+            ("number", None, self.numbers),
+            ("punct", None, self.punctuation),
+        )
+        for kind, sensitive, mech in routes:
+            jobs = [
+                (p, d)
+                for p, plan in enumerate(plans)
+                for d in plan.draws
+                if d.kind == kind and (sensitive is None or bool(d.sensitive) == sensitive)
+            ]
             if not jobs:
                 continue
             drawn = mech.sample(  # type: ignore[union-attr]
