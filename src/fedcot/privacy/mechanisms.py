@@ -144,21 +144,25 @@ class ExponentialMechanism(WordMechanism):
         uniforms = rng.random(len(texts))
         keys = [(self.space.key(t), float(e)) for t, e in zip(texts, eps)]
         picks = np.empty(len(texts), dtype=np.int64)
-        todo = []
+        misses: dict[tuple[str, float], list[int]] = {}
         for i, k in enumerate(keys):
             hit = self._cdf.get(k)
             if hit is None:
-                todo.append(i)
+                misses.setdefault(k, []).append(i)
             else:  # resolve hits first: computing misses may evict them
                 self._cdf.move_to_end(k)
                 picks[i] = _invert(hit, uniforms[i])
-        for s in range(0, len(todo), _CHUNK):
-            rows = todo[s : s + _CHUNK]
-            cdf = self._cdfs([texts[i] for i in rows], eps[rows])
-            for j, i in enumerate(rows):
-                picks[i] = _invert(cdf[j], uniforms[i])
-                if keys[i][0] in self.space.index and self.cache_size > 0:
-                    self._remember(keys[i], cdf[j].astype(np.float32))
+        # Each distinct (word, ε) of the batch is computed once, however often it occurs.
+        distinct = list(misses)
+        for s in range(0, len(distinct), _CHUNK):
+            part = distinct[s : s + _CHUNK]
+            first = [misses[k][0] for k in part]
+            cdf = self._cdfs([texts[i] for i in first], eps[first])
+            for j, k in enumerate(part):
+                for i in misses[k]:
+                    picks[i] = _invert(cdf[j], uniforms[i])
+                if k[0] in self.space.index and self.cache_size > 0:
+                    self._remember(k, cdf[j].astype(np.float32))
         words = self.space.words
         return [words[i] for i in picks]
 
@@ -281,14 +285,19 @@ class RantextMechanism(WordMechanism):
         """cos(e_x, e_v) for every candidate v, cached for candidate words."""
         keys = [self.space.key(t) for t in texts]
         rows: list[np.ndarray | None] = [self._rows.get(k) for k in keys]
-        todo = [i for i, r in enumerate(rows) if r is None]
-        for s in range(0, len(todo), _CHUNK):
-            part = todo[s : s + _CHUNK]
-            cos = self._cosines(x[part].astype(np.float32))
-            for j, i in enumerate(part):
-                rows[i] = cos[j]
-                if keys[i] in self.space.index and len(self._rows) < self.cache_size:
-                    self._rows[keys[i]] = cos[j].copy()
+        misses: dict[str, list[int]] = {}
+        for i, r in enumerate(rows):
+            if r is None:
+                misses.setdefault(keys[i], []).append(i)
+        distinct = list(misses)
+        for s in range(0, len(distinct), _CHUNK):
+            part = distinct[s : s + _CHUNK]
+            cos = self._cosines(x[[misses[k][0] for k in part]].astype(np.float32))
+            for j, k in enumerate(part):
+                for i in misses[k]:
+                    rows[i] = cos[j]
+                if k in self.space.index and len(self._rows) < self.cache_size:
+                    self._rows[k] = cos[j].copy()
         return rows  # type: ignore[return-value]
 
     def index_distribution(
