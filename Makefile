@@ -6,7 +6,7 @@ STAMP := $(VENV)/.fedcot-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast lint format bench clean llamacpp
+.PHONY: install demo test test-fast lint format bench-deps clean llamacpp
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ format: install
 # Optional: compiles llama.cpp from source (about 9 minutes on 2 cores).
 llamacpp: install
 	$(BIN)/pip install -c constraints.txt 'llama-cpp-python>=0.3'
+
+# Benchmark-only extras: FATE-LLM's InferDPT kit as the baseline (its own deps are not needed).
+bench-deps: install
+	$(BIN)/pip install -q --no-deps fate-llm==2.2.0
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -28,9 +28,12 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--tasks", default=",".join(TASKS))
     args = ap.parse_args()
-    rows = []
     out_dir = ROOT / "bench" / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Rows accumulate across runs (keyed by model, task, method), so one model can be re-run.
+    store = out_dir / "zeroshot_rows.json"
+    kept = json.loads(store.read_text()) if store.is_file() else []
+    rows = {(r["model"], r["task"], r["method"]): r for r in kept}
     for name in args.models.split(","):
         be = TransformersBackend.from_pretrained(name, batch_size=8)
         for tname in args.tasks.split(","):
@@ -42,13 +45,15 @@ def main() -> None:
                     be, task, exs, method=method, params=GenerationParams(max_new_tokens=32)
                 )
                 res.write_predictions(out_dir / f"zeroshot_{name}_{tname}_{method}.jsonl")
-                rows.append(res.summary())
+                rows[(res.model, res.task, res.method)] = res.summary()
+                store.write_text(json.dumps(list(rows.values()), indent=1))
                 print(json.dumps(res.summary()), file=sys.stderr)
     body = [
         "| model | task | method | n | accuracy | 95 % CI | unparsed | chance | seconds |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    order = {m: i for i, m in enumerate(MODELS)}
+    for r in sorted(rows.values(), key=lambda r: (order.get(r["model"], 9), r["task"])):
         body.append(
             f"| {r['model']} | {r['task']} | {r['method']} | {r['n']} | "
             f"{100 * r['accuracy']:.1f} % | {100 * r['ci_low']:.1f}–{100 * r['ci_high']:.1f} % | "

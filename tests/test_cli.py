@@ -46,7 +46,13 @@ def test_help_lists_only_real_commands():
     for cmd in ("models", "eval", "demo"):
         assert cmd in res.output
     # Commands of later stages are not registered as empty placeholders.
-    assert set(typer.main.get_command(app).commands) == {"models", "eval", "demo"}
+    assert set(typer.main.get_command(app).commands) == {
+        "models",
+        "eval",
+        "demo",
+        "perturb",
+        "privacy-eval",
+    }
     assert runner.invoke(app, ["--version"]).output.startswith("fedcot ")
 
 

@@ -257,18 +257,29 @@ class TransformersBackend(Backend):
         with torch.inference_mode():
             for batch in _batches(order, self.batch_size):
                 width = max(len(encoded[i][0]) for i in batch)
+                # Left padding puts every continuation at the end, so the model only has to
+                # project the last K positions onto the (possibly huge) vocabulary.
+                keep = max(len(encoded[i][0]) - encoded[i][1] for i in batch) + 1
                 ids = torch.full((len(batch), width), pad, dtype=torch.long)
                 mask = torch.zeros_like(ids)
                 for r, i in enumerate(batch):
                     seq = encoded[i][0]
-                    ids[r, : len(seq)] = torch.tensor(seq)
-                    mask[r, : len(seq)] = 1
-                logp = self._forward_logprobs({"input_ids": ids, "attention_mask": mask})
+                    ids[r, width - len(seq) :] = torch.tensor(seq)
+                    mask[r, width - len(seq) :] = 1
+                positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+                logits = self.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    logits_to_keep=keep,
+                ).logits.float()
+                logp = torch.log_softmax(logits, dim=-1)  # (batch, keep, vocab)
                 for r, i in enumerate(batch):
                     seq, start = encoded[i]
+                    n_cont = len(seq) - start
                     targets = torch.tensor(seq[start:])
-                    picked = logp[r, start - 1 : len(seq) - 1].gather(1, targets[:, None])
-                    scores[i] = float(picked.sum())
+                    rows = logp[r, keep - n_cont - 1 : keep - 1]
+                    scores[i] = float(rows.gather(1, targets[:, None]).sum())
                 if self._progress is not None:
                     self._progress(len(batch))
         return scores
