@@ -27,6 +27,8 @@ from fedcot.privacy.mechanisms import (
 )
 from fedcot.privacy.space import EmbeddingSpace
 
+from tiny_models import hash_embedder
+
 # Four well-separated clusters of three words in 2-D, every vector in its own direction.
 CLUSTERS = {
     "red": (10.0, 1.0), "green": (10.5, 1.6), "blue": (9.6, 2.2),
@@ -45,7 +47,8 @@ def prior(w: str) -> float:
 
 @pytest.fixture()
 def space():
-    return EmbeddingSpace(list(WORDS), np.array(list(CLUSTERS.values()), dtype=np.float32))
+    vectors = np.array(list(CLUSTERS.values()), dtype=np.float32)
+    return EmbeddingSpace(list(WORDS), vectors, embed_fn=hash_embedder(vectors.shape[1]))
 
 
 @pytest.mark.parametrize("kind", ["exponential", "topk", "rantext"])
@@ -128,7 +131,9 @@ class _SlowTopK(TopKMechanism):
 def test_fast_paths_equal_mechanism_log_likelihood(kind):
     rng = np.random.default_rng(3)
     words = [f"w{i}" for i in range(60)]
-    space = EmbeddingSpace(words, rng.normal(size=(60, 6)).astype(np.float32))
+    space = EmbeddingSpace(
+        words, rng.normal(size=(60, 6)).astype(np.float32), embed_fn=hash_embedder(6)
+    )
     fast, slow = (
         (ExponentialMechanism(space), _SlowExponential(space))
         if kind == "exponential"

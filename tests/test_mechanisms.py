@@ -225,3 +225,9 @@ def test_adaptive_worst_case_is_eps_normal(space):
     high = {x: mech.index_distribution(x, eps_n)[1] for x in WORDS}
     worst = max(np.max(np.abs(high[a] - low[b])) for a in WORDS for b in WORDS)
     assert worst <= (eps_s + eps_n) / 2 + 1e-9 <= eps_n
+
+
+def test_unknown_unit_without_embedder_is_a_clear_error(space):
+    with pytest.raises(ConfigError, match="not a candidate") as info:
+        ExponentialMechanism(space).sample(["zebra"], np.array([1.0]), np.random.default_rng(0))
+    assert "from_model" in str(info.value)

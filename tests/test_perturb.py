@@ -14,13 +14,16 @@ from fedcot.privacy.perturb import PerturbConfig, Perturber
 from fedcot.privacy.space import EmbeddingSpace
 from fedcot.privacy.units import join_units, split_units
 
+from tiny_models import hash_embedder
+
 WORDS = ["alice", "bob", "paid", "the", "rent", "for", "and", "tax", "carol", "money"]
 
 
 @pytest.fixture()
 def space():
     rng = np.random.default_rng(0)
-    return EmbeddingSpace(list(WORDS), rng.normal(size=(len(WORDS), 8)).astype(np.float32))
+    vectors = rng.normal(size=(len(WORDS), 8)).astype(np.float32)
+    return EmbeddingSpace(list(WORDS), vectors, embed_fn=hash_embedder(8))
 
 
 class SpyWords(ExponentialMechanism):

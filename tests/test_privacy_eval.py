@@ -28,6 +28,8 @@ from fedcot.privacy.evaluate import (
 from fedcot.privacy.space import EmbeddingSpace
 from fedcot.privacy.utility import ENCODER_PACKAGE
 
+from tiny_models import hash_embedder
+
 TEXTS = [
     "The cat sat on the mat.",
     "The dog ran to the park.",
@@ -58,7 +60,8 @@ def space():
     # The words of the plain sentences (not those of the PII record) are the candidates.
     rng = np.random.default_rng(0)
     words = list(dict.fromkeys(w.lower() for t in TEXTS for w in re.findall(r"[a-zA-Z]+", t)))
-    return EmbeddingSpace(words, rng.normal(size=(len(words), 8)).astype(np.float32))
+    vectors = rng.normal(size=(len(words), 8)).astype(np.float32)
+    return EmbeddingSpace(words, vectors, embed_fn=hash_embedder(8))
 
 
 @pytest.fixture(scope="module")

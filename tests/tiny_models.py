@@ -71,3 +71,16 @@ def make_tiny_lm(seed: int = 0, vocab_size: int = 400, chat: bool = True):
     )
     model = LlamaForCausalLM(cfg).eval()
     return model, tok
+
+
+def hash_embedder(dim: int, scale: float = 1.0):
+    """embed_fn for hand-made spaces: a fixed pseudo-random vector per word (deterministic)."""
+    import hashlib
+
+    import numpy as np
+
+    def embed(word: str):
+        seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
+        return (np.random.default_rng(seed).normal(size=dim) * scale).astype(np.float32)
+
+    return embed

@@ -37,8 +37,9 @@ _CHUNK = 256  # query rows per distance block: 256 × 49k float32 = 50 MB
 class EmbeddingSpace:
     """Candidates (``words``) with their vectors, norms and a diameter bound.
 
-    ``embed_fn`` maps a string that is not a candidate to a vector (mean of its token
-    vectors); without it, unknown words fall back to the mean of the space.
+    ``embed_fn`` maps a string that is not a candidate to a vector (the mean of its token
+    vectors for spaces built from a model); without it, a unit outside the candidate set is
+    an error rather than a silent guess.
     """
 
     words: list[str]
@@ -100,8 +101,14 @@ class EmbeddingSpace:
             return self.vectors[i]
         v = self._extra.get(k)
         if v is None:
-            v = self.embed_fn(k) if self.embed_fn is not None else self._centre
-            v = np.asarray(v, dtype=np.float32)
+            if self.embed_fn is None:
+                raise ConfigError(
+                    f"unit {text!r} is not a candidate of the space '{self.name}', and the "
+                    "space has no embed_fn to place it",
+                    hint="build the space with EmbeddingSpace.from_model(...), or pass "
+                    "embed_fn= to map unknown words to vectors",
+                )
+            v = np.asarray(self.embed_fn(k), dtype=np.float32)
             self._extra[k] = v
         return v
 
