@@ -72,7 +72,6 @@ class EmbeddingSpace:
         # exact diameter needs all n² pairs, and an upper bound keeps Δu ≤ 1 just the same.
         centre = self.vectors.mean(axis=0)
         self.diameter = float(2 * np.sqrt(((self.vectors - centre) ** 2).sum(axis=1).max()))
-        self._centre = centre
 
     def __len__(self) -> int:
         return len(self.words)
