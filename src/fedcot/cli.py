@@ -236,17 +236,7 @@ def _fewshot_pool(data: str, task: Any, split: str) -> list[Any]:
 
 
 def _print_result(result: Any) -> None:
-    table = Table(title=f"{result.model} on {result.task} ({result.method})")
-    for col in ("n", "accuracy", "95 % CI", "unparsed", "seconds"):
-        table.add_column(col, justify="right")
-    table.add_row(
-        str(result.n),
-        f"{100 * result.accuracy:.1f} %",
-        f"{100 * result.ci_low:.1f} – {100 * result.ci_high:.1f} %",
-        str(result.unparsed),
-        f"{result.seconds:.1f}",
-    )
-    out.print(table)
+    out.print(result.table())
 
 
 # -- demo ----------------------------------------------------------------------------------

@@ -50,17 +50,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, objec
     student = cfg.student.build()
     result = evaluate(student, task, records, params=cfg.generation)
     result.write_predictions(cfg.output_dir / "zero_shot_predictions.jsonl")
-    table = Table(title=f"zero-shot {cfg.student.model} on the private records")
-    for col in ("n", "accuracy", "95 % CI", "unparsed", "seconds"):
-        table.add_column(col, justify="right")
-    table.add_row(
-        str(result.n),
-        f"{100 * result.accuracy:.1f} %",
-        f"{100 * result.ci_low:.1f} – {100 * result.ci_high:.1f} %",
-        str(result.unparsed),
-        f"{result.seconds:.1f}",
-    )
-    console.print(table)
+    console.print(result.table(f"zero-shot {cfg.student.model} on the private records"))
 
     # 3. What the FedCoT stages will do with this data.
     plan = Table(title="FedCoT stages after this one", show_lines=True)

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rich.table import Table
+
 from fedcot.data.tasks import Example, Task
 from fedcot.errors import ConfigError
 from fedcot.models.backends.base import Backend, GenerationParams
@@ -63,6 +65,20 @@ class EvalResult:
         d = asdict(self)
         d.pop("predictions")
         return d
+
+    def table(self, title: str | None = None) -> Table:
+        """A one-row rich table: n, accuracy, 95 % interval, unparsed, seconds."""
+        table = Table(title=title or f"{self.model} on {self.task} ({self.method})")
+        for col in ("n", "accuracy", "95 % CI", "unparsed", "seconds"):
+            table.add_column(col, justify="right")
+        table.add_row(
+            str(self.n),
+            f"{100 * self.accuracy:.1f} %",
+            f"{100 * self.ci_low:.1f} – {100 * self.ci_high:.1f} %",
+            str(self.unparsed),
+            f"{self.seconds:.1f}",
+        )
+        return table
 
     def write_predictions(self, path: str | Path) -> Path:
         """Write one JSON object per example (JSONL)."""

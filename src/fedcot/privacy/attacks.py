@@ -61,7 +61,7 @@ from fedcot.privacy.mechanisms import (
     log_softmax,
     parse_unit_number,
 )
-from fedcot.privacy.space import EmbeddingSpace
+from fedcot.privacy.space import EmbeddingSpace, pairwise_distances
 
 __all__ = [
     "HypothesisSet",
@@ -154,11 +154,7 @@ class HypothesisSet:
 
     def distances(self, queries: np.ndarray) -> np.ndarray:
         """Euclidean distances from each query row to every hypothesis, shape (B, |H|)."""
-        q = np.asarray(queries, dtype=np.float32)
-        sq = np.einsum("ij,ij->i", q, q)[:, None] + self.sq_norms[None, :]
-        sq -= 2.0 * (q @ self.vectors.T)
-        np.maximum(sq, 0.0, out=sq)
-        return np.sqrt(sq, out=sq)
+        return pairwise_distances(queries, self.vectors, self.sq_norms)
 
 
 def _as_set(

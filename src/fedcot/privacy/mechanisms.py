@@ -52,6 +52,16 @@ def check_epsilon(eps: float | Sequence[float] | np.ndarray, what: str = "epsilo
     return arr
 
 
+def per_unit_epsilon(eps: float | Sequence[float] | np.ndarray, n: int) -> np.ndarray:
+    """Validated ε per unit: one value broadcast to ``n`` units, or ``n`` values."""
+    arr = check_epsilon(eps)
+    if len(arr) == 1 and n != 1:
+        return np.full(n, arr[0])
+    if len(arr) != n:
+        raise ValueError(f"got {len(arr)} ε values for {n} units")
+    return arr
+
+
 def gumbel_argmax(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Row-wise exact sample from softmax(logits) via the Gumbel-max trick."""
     g = rng.gumbel(size=logits.shape).astype(logits.dtype, copy=False)
@@ -138,9 +148,7 @@ class ExponentialMechanism(WordMechanism):
         return np.cumsum(u, axis=1, dtype=np.float64)
 
     def sample(self, texts: Sequence[str], eps: np.ndarray, rng: np.random.Generator) -> list[str]:
-        eps = check_epsilon(eps)
-        if len(eps) == 1 and len(texts) != 1:
-            eps = np.full(len(texts), eps[0])
+        eps = per_unit_epsilon(eps, len(texts))
         uniforms = rng.random(len(texts))
         keys = [(self.space.key(t), float(e)) for t, e in zip(texts, eps)]
         picks = np.empty(len(texts), dtype=np.int64)
@@ -199,9 +207,7 @@ class TopKMechanism(WordMechanism):
         self.k = min(k, len(space))
 
     def sample(self, texts: Sequence[str], eps: np.ndarray, rng: np.random.Generator) -> list[str]:
-        eps = check_epsilon(eps)
-        if len(eps) == 1 and len(texts) != 1:
-            eps = np.full(len(texts), eps[0])
+        eps = per_unit_epsilon(eps, len(texts))
         if not texts:
             return []
         idx, util = self.space.neighbours(texts, self.k)
@@ -260,9 +266,7 @@ class RantextMechanism(WordMechanism):
         return num / np.maximum(den, 1e-12)
 
     def sample(self, texts: Sequence[str], eps: np.ndarray, rng: np.random.Generator) -> list[str]:
-        eps = check_epsilon(eps)
-        if len(eps) == 1 and len(texts) != 1:
-            eps = np.full(len(texts), eps[0])
+        eps = per_unit_epsilon(eps, len(texts))
         if not texts:
             return []
         x = self.space.vectors_for(texts).astype(np.float64)
@@ -393,9 +397,7 @@ class NumericMechanism(Mechanism):
         return -np.minimum(d, self.range) / self.range
 
     def sample(self, texts: Sequence[str], eps: np.ndarray, rng: np.random.Generator) -> list[str]:
-        eps = check_epsilon(eps)
-        if len(eps) == 1 and len(texts) != 1:
-            eps = np.full(len(texts), eps[0])
+        eps = per_unit_epsilon(eps, len(texts))
         if not texts:
             return []
         parsed = [parse_unit_number(t) for t in texts]
@@ -444,9 +446,7 @@ class PunctuationMechanism(Mechanism):
         return logits
 
     def sample(self, texts: Sequence[str], eps: np.ndarray, rng: np.random.Generator) -> list[str]:
-        eps = check_epsilon(eps)
-        if len(eps) == 1 and len(texts) != 1:
-            eps = np.full(len(texts), eps[0])
+        eps = per_unit_epsilon(eps, len(texts))
         if not texts:
             return []
         logits = np.stack([self._logits(t, float(e)) for t, e in zip(texts, eps)])

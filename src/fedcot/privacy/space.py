@@ -120,11 +120,7 @@ class EmbeddingSpace:
     # -- distances -----------------------------------------------------------------------
     def distances(self, queries: np.ndarray) -> np.ndarray:
         """Euclidean distances from each query row to every candidate, shape (B, |V|)."""
-        q = np.asarray(queries, dtype=np.float32)
-        sq = np.einsum("ij,ij->i", q, q)[:, None] + self.sq_norms[None, :]
-        sq -= 2.0 * (q @ self.vectors.T)
-        np.maximum(sq, 0.0, out=sq)
-        return np.sqrt(sq, out=sq)
+        return pairwise_distances(queries, self.vectors, self.sq_norms)
 
     def utilities(self, queries: np.ndarray) -> np.ndarray:
         """u(x, y) = -min(d, D)/D ∈ [-1, 0] for each query row and candidate."""
@@ -256,6 +252,19 @@ class EmbeddingSpace:
             raise ConfigError(f"unknown vocabulary filter '{vocab}'", hint="use 'words' or 'all'")
         vectors = np.asarray(matrix[rows], dtype=np.float32)
         return cls(words, vectors, embed_fn=_mean_token_embedder(tokenizer, matrix), name=name)
+
+
+def pairwise_distances(
+    queries: np.ndarray, vectors: np.ndarray, sq_norms: np.ndarray | None = None
+) -> np.ndarray:
+    """Euclidean distances between query rows and vector rows as one matrix product."""
+    q = np.asarray(queries, dtype=np.float32)
+    if sq_norms is None:
+        sq_norms = np.einsum("ij,ij->i", vectors, vectors)
+    sq = np.einsum("ij,ij->i", q, q)[:, None] + sq_norms[None, :]
+    sq -= 2.0 * (q @ vectors.T)
+    np.maximum(sq, 0.0, out=sq)
+    return np.sqrt(sq, out=sq)
 
 
 def token_texts(tokenizer: object) -> list[str]:
