@@ -194,9 +194,7 @@ class EmbeddingSpace:
 
         folder = prepare(name_or_path)
         matrix = _read_input_embeddings(folder)
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        tokenizer = _load_tokenizer(folder)
         space = cls.from_embeddings(
             tokenizer, matrix, vocab=vocab, min_len=min_len, name=str(name_or_path)
         )
@@ -267,23 +265,47 @@ def pairwise_distances(
     return np.sqrt(sq, out=sq)
 
 
+def _load_tokenizer(folder: Path) -> object:
+    """The folder's tokenizer: the raw ``tokenizers`` file when there is one (loads in well
+    under a second), else the transformers tokenizer."""
+    file = Path(folder) / "tokenizer.json"
+    if file.is_file():
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(file))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
 def token_texts(tokenizer: object) -> list[str]:
     """The text each token id stands for, word-boundary markers turned into a space.
 
     Generic over tokenizer families: decoding a single token through the tokenizer's own
     decoder turns byte-level forms (``Ġ``, ``Ã©``) and SentencePiece ``▁`` into real text.
-    A leading space marks a token that starts a word.
+    A leading space marks a token that starts a word. Accepts a ``tokenizers.Tokenizer`` or
+    a transformers tokenizer.
     """
-    convert = tokenizer.convert_ids_to_tokens  # type: ignore[attr-defined]
-    to_string = tokenizer.convert_tokens_to_string  # type: ignore[attr-defined]
-    size = len(tokenizer)  # type: ignore[arg-type]
-    pieces = convert(list(range(size)))
+    if hasattr(tokenizer, "id_to_token"):  # tokenizers.Tokenizer
+        size = tokenizer.get_vocab_size(with_added_tokens=True)  # type: ignore[attr-defined]
+        pieces = [tokenizer.id_to_token(i) for i in range(size)]  # type: ignore[attr-defined]
+        decoder = tokenizer.decoder  # type: ignore[attr-defined]
+
+        def to_string(piece: str) -> str:
+            return decoder.decode([piece]) if decoder is not None else piece
+
+    else:  # transformers tokenizer
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))  # type: ignore[attr-defined,arg-type]
+
+        def to_string(piece: str) -> str:
+            return tokenizer.convert_tokens_to_string([piece])  # type: ignore[attr-defined]
+
     out = []
     for p in pieces:
         if p is None:
             out.append("")
             continue
-        text = to_string([p])
+        text = to_string(p)
         # SentencePiece decoders drop the leading space of a sequence's first piece.
         if p.startswith("▁") and not text.startswith(" "):
             text = " " + text
@@ -292,8 +314,13 @@ def token_texts(tokenizer: object) -> list[str]:
 
 
 def _mean_token_embedder(tokenizer: object, matrix: np.ndarray) -> EmbedFn:
+    raw = hasattr(tokenizer, "id_to_token")
+
     def embed(word: str) -> np.ndarray:
-        ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+        if raw:
+            ids = tokenizer.encode(" " + word, add_special_tokens=False).ids  # type: ignore[attr-defined]
+        else:
+            ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
         ids = [i for i in ids if i < matrix.shape[0]]
         if not ids:
             return np.asarray(matrix.mean(axis=0), dtype=np.float32)
