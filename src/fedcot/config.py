@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedcot.errors import ConfigError
 from fedcot.models.backends.base import GenerationParams
+from fedcot.privacy.perturb import PerturbConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -98,6 +99,7 @@ class DemoConfig(_Strict):
         default_factory=lambda: BackendConfig(model="gemma3-270m", batch_size=4)
     )
     records: int = Field(24, ge=2, le=10000)
+    privacy: PerturbConfig = Field(default_factory=PerturbConfig)
     seed: int = 0
     generation: GenerationParams = Field(
         default_factory=lambda: GenerationParams(max_new_tokens=48)
