@@ -63,7 +63,9 @@ def main() -> None:
     body.append(
         f"First {args.limit} items of each `test` split. SmolLM2 gets its chat template, Gemma "
         "(a base model) a plain `...\\nAnswer:` prompt; greedy, 32 new tokens. Predictions: "
-        "`bench/out/zeroshot_*.jsonl` (not committed)."
+        "`bench/out/zeroshot_*.jsonl` (not committed). Rows accumulate across runs in "
+        "`bench/out/zeroshot_rows.json`: the SmolLM2 rows come from `python bench/zero_shot.py "
+        "--limit 200` earlier the same day, the Gemma rows from the command above."
     )
     write_section("zeroshot", "Zero-shot accuracy of the embedded models", "\n".join(body))
 
