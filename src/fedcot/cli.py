@@ -367,32 +367,22 @@ def _read_texts(text: str | None, path: Path | None, field: str) -> tuple[list[s
     if text is not None:
         return ["p0"], [text]
     assert path is not None
-    if not path.is_file():
-        raise DataError(f"input file not found: {path}", hint="check the --input path")
+    from fedcot.data.loaders import read_text_rows
+
     ids: list[str] = []
     texts: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if path.suffix.lower() == ".txt":
-                ids.append(f"line{lineno}")
-                texts.append(line.rstrip("\n"))
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"{path}, line {lineno}: not valid JSON ({exc.msg})",
-                    hint="one JSON object per line",
-                ) from None
-            if not isinstance(row, dict) or not isinstance(row.get(field), str):
-                raise DataError(
-                    f"{path}, line {lineno}: no string field '{field}'",
-                    hint="pick the field with --field",
-                )
-            ids.append(str(row.get("id", f"line{lineno}")))
-            texts.append(row[field])
+    for lineno, row in read_text_rows(path):
+        if isinstance(row, str):
+            ids.append(f"line{lineno}")
+            texts.append(row)
+            continue
+        if not isinstance(row.get(field), str):
+            raise DataError(
+                f"{path}, line {lineno}: no string field '{field}'",
+                hint="pick the field with --field",
+            )
+        ids.append(str(row.get("id", f"line{lineno}")))
+        texts.append(row[field])
     if not texts:
         raise DataError(f"{path} holds no texts")
     return ids, texts

@@ -666,3 +666,29 @@ def load_dataset(
         f"{path}: no such file or folder",
         hint="pass a dataset folder, a .jsonl/.json/.csv file, or 'hf:NAME'",
     )
+
+
+def read_text_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(1-based line number, row) for each non-blank line of a ``.txt`` file (the line) or a
+    JSONL file (the parsed object). Bad JSON or a non-object is a :class:`DataError` that
+    names the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"input file not found: {p}", hint="check the path")
+    with p.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if p.suffix.lower() == ".txt":
+                yield lineno, line.rstrip("\n")
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{p}, line {lineno}: not valid JSON ({exc.msg})",
+                    hint="one JSON object per line",
+                ) from None
+            if not isinstance(row, dict):
+                raise DataError(f"{p}, line {lineno}: expected a JSON object")
+            yield lineno, row

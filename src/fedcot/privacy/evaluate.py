@@ -211,46 +211,36 @@ def load_texts(
 def _load_file(
     path: Path, limit: int | None
 ) -> tuple[list[str], list[list[dict[str, Any]]] | None, str]:
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}", hint="check the --data path")
+    from fedcot.data.loaders import read_text_rows
+
     texts: list[str] = []
     spans: list[list[dict[str, Any]]] = []
     any_spans = False
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if limit is not None and len(texts) >= limit:
-                break
-            if not line.strip():
-                continue
-            if path.suffix.lower() == ".txt":
-                texts.append(line.rstrip("\n"))
-                spans.append([])
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
+    for lineno, row in read_text_rows(path):
+        if limit is not None and len(texts) >= limit:
+            break
+        if isinstance(row, str):
+            texts.append(row)
+            spans.append([])
+            continue
+        text = row.get("text", row.get("question"))
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(
+                f"{path}, line {lineno}: no non-empty 'text' field",
+                hint='each line needs {"text": "...", "spans": [...]} (spans optional)',
+            )
+        row_spans = row.get("spans") or []
+        if not isinstance(row_spans, list):
+            raise DataError(f"{path}, line {lineno}: 'spans' must be a list")
+        for sp in row_spans:
+            if not _valid_span(sp, text):
                 raise DataError(
-                    f"{path}, line {lineno}: not valid JSON ({exc.msg})",
-                    hint="one JSON object per line",
-                ) from None
-            text = row.get("text", row.get("question")) if isinstance(row, dict) else None
-            if not isinstance(text, str) or not text.strip():
-                raise DataError(
-                    f"{path}, line {lineno}: no non-empty 'text' field",
-                    hint='each line needs {"text": "...", "spans": [...]} (spans optional)',
+                    f"{path}, line {lineno}: span {sp!r} does not match the text",
+                    hint="a span is {start, end, text} with text == text[start:end]",
                 )
-            row_spans = row.get("spans") or []
-            if not isinstance(row_spans, list):
-                raise DataError(f"{path}, line {lineno}: 'spans' must be a list")
-            for sp in row_spans:
-                if not _valid_span(sp, text):
-                    raise DataError(
-                        f"{path}, line {lineno}: span {sp!r} does not match the text",
-                        hint="a span is {start, end, text} with text == text[start:end]",
-                    )
-            any_spans = any_spans or bool(row_spans)
-            texts.append(text)
-            spans.append(list(row_spans))
+        any_spans = any_spans or bool(row_spans)
+        texts.append(text)
+        spans.append(list(row_spans))
     if not texts:
         raise DataError(f"{path}: no texts found")
     return texts, (spans if any_spans else None), path.stem
