@@ -128,3 +128,200 @@ def test_loglikelihood_is_sum_of_continuation_logprobs(tiny):
 def test_bad_batch_size(tiny):
     with pytest.raises(ValueError):
         TransformersBackend(*tiny, batch_size=0)
+
+
+# -- shared-prompt scoring (key/value cache) ----------------------------------------------
+
+
+def _uncached(be: TransformersBackend, reqs) -> list[float]:
+    """Reference scores: every request on its whole sequence (the path without a cache)."""
+    items = []
+    for i, (prompt, cont) in enumerate(reqs):
+        text, special = be.render(prompt)
+        ctx = be.tokenizer(text, add_special_tokens=special)["input_ids"]
+        full = be.tokenizer(text + cont, add_special_tokens=special)["input_ids"]
+        assert full[: len(ctx)] == ctx, "reference needs a clean prompt/continuation boundary"
+        items.append((i, full, len(ctx)))
+    scores = [0.0] * len(reqs)
+    with torch.inference_mode():
+        be._score_sequences(items, scores)
+    return scores
+
+
+def _shared_calls(be: TransformersBackend, monkeypatch) -> list[int]:
+    """Record how many prompt groups each call of the cached path gets."""
+    calls: list[int] = []
+    inner = be._score_shared_prompts
+
+    def spy(groups, scores):
+        calls.append(len(groups))
+        inner(groups, scores)
+
+    monkeypatch.setattr(be, "_score_shared_prompts", spy)
+    return calls
+
+
+CANDIDATES = [" five.", " (c) wooded area", " b", " entailment neutral", " 1000 + 3 = 1003 ."]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_cached_scores_equal_uncached_plain(tiny, batch_size, monkeypatch):
+    model, tok = tiny
+    be = TransformersBackend(model, tok, batch_size=batch_size)
+    calls = _shared_calls(be, monkeypatch)
+    # Prompts of mixed lengths, candidates of different token lengths (one token to many).
+    reqs = [(p, c) for p in PROMPTS for c in CANDIDATES]
+    assert len({len(tok(p + c)["input_ids"]) - len(tok(p)["input_ids"]) for p, c in reqs}) > 3
+    done: list[int] = []
+    be.set_progress(done.append)
+    got = be.loglikelihood(reqs)
+    assert calls == [len(PROMPTS)]  # every prompt went through the cache
+    assert sum(done) == len(reqs)
+    assert got == pytest.approx(_uncached(be, reqs), abs=1e-4)
+
+
+def test_cached_scores_equal_uncached_chat_interleaved(tiny, monkeypatch):
+    model, tok = tiny
+    be = TransformersBackend(model, tok, batch_size=3)
+    calls = _shared_calls(be, monkeypatch)
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS]
+    # Repeated prompts interleaved in arbitrary order, uneven numbers of candidates, and a
+    # prompt with a single candidate (scored without a cache).
+    reqs = [(chats[k], CANDIDATES[j]) for j in range(5) for k in range(4) if (j + k) % 3 != 1]
+    reqs.append((chats[4], "(a) yes"))
+    order = torch.randperm(len(reqs), generator=torch.Generator().manual_seed(0)).tolist()
+    reqs = [reqs[k] for k in order]
+    got = be.loglikelihood(reqs)
+    assert calls == [4]
+    assert got == pytest.approx(_uncached(be, reqs), abs=1e-4)
+    # The same scores one request at a time, and with the whole batch in one go.
+    alone = [be.loglikelihood([r])[0] for r in reqs[:6]]
+    assert alone == pytest.approx(got[:6], abs=1e-4)
+    wide = TransformersBackend(model, tok, batch_size=16).loglikelihood(reqs)
+    assert wide == pytest.approx(got, abs=1e-4)
+
+
+def test_boundary_merge_falls_back_to_whole_sequence(tiny, monkeypatch):
+    model, tok = tiny
+    be = TransformersBackend(model, tok, batch_size=2)
+    prompt = "The capital of France is Paris. The answer is (c) wooded "
+    # The prompt's trailing space merges with "area" into one token.
+    merged = "area"
+    ctx = tok(prompt)["input_ids"]
+    full = tok(prompt + merged)["input_ids"]
+    assert full[: len(ctx)] != ctx
+    start = next(j for j, (a, b) in enumerate(zip(ctx, full)) if a != b)
+    reqs = [(prompt, merged), (prompt, "\n(a) five."), (prompt, " (b) 0 1 2")]
+    calls = _shared_calls(be, monkeypatch)
+    got = be.loglikelihood(reqs)
+    assert calls == [1]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([full])).logits[0], -1)
+    expected = sum(float(logp[j - 1, full[j]]) for j in range(start, len(full)))
+    assert got[0] == pytest.approx(expected, abs=1e-4)
+    assert got[1:] == pytest.approx(_uncached(be, reqs[1:]), abs=1e-4)
+
+
+def test_cache_is_not_mutated_between_candidates(tiny):
+    model, tok = tiny
+    be = TransformersBackend(model, tok, batch_size=4)
+    # Many candidates per prompt: chunks of batch_size rows all reuse the prompt cache.
+    reqs = [(PROMPTS[2], c) for c in CANDIDATES * 3] + [(PROMPTS[0], c) for c in CANDIDATES]
+    got = be.loglikelihood(reqs)
+    assert got[:5] == got[5:10] == got[10:15]
+    assert got == pytest.approx(_uncached(be, reqs), abs=1e-4)
+
+
+def test_unusual_cache_scores_whole_sequences(tiny, monkeypatch):
+    from fedcot.models.backends import transformers as tb
+
+    model, tok = tiny
+    be = TransformersBackend(model, tok, batch_size=2)
+    reqs = [(p, c) for p in PROMPTS[:3] for c in CANDIDATES[:3]]
+    expected = _uncached(be, reqs)
+    monkeypatch.setattr(tb, "_can_select_rows", lambda cache: False)
+    done: list[int] = []
+    be.set_progress(done.append)
+    assert be.loglikelihood(reqs) == pytest.approx(expected, abs=1e-4)
+    assert sum(done) == len(reqs)
+
+
+def _tiny_gemma3(sliding_window: int = 4):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from tiny_models import make_tokenizer
+
+    tok = make_tokenizer(chat=False)
+    torch.manual_seed(3)
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=sliding_window,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
+    return Gemma3ForCausalLM(cfg).eval(), tok
+
+
+def test_cached_scores_equal_uncached_gemma3_sliding_window(monkeypatch):
+    model, tok = _tiny_gemma3(sliding_window=4)
+    be = TransformersBackend(model, tok, batch_size=3)
+    calls = _shared_calls(be, monkeypatch)
+    # Prompts shorter and (much) longer than the window, continuations longer than it too.
+    assert (
+        min(len(tok(p)["input_ids"]) for p in PROMPTS)
+        < 4
+        < max(len(tok(p)["input_ids"]) for p in PROMPTS)
+    )
+    reqs = [(p, c) for c in CANDIDATES for p in PROMPTS]
+    got = be.loglikelihood(reqs)
+    assert calls == [len(PROMPTS)]
+    assert got == pytest.approx(_uncached(be, reqs), abs=1e-4)
+    # Unpadded, one sequence at a time, straight through the model.
+    for (prompt, cont), score in list(zip(reqs, got))[:: len(PROMPTS) - 1]:
+        ctx, full = tok(prompt)["input_ids"], tok(prompt + cont)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([full])).logits[0], -1)
+        expected = sum(float(logp[j - 1, full[j]]) for j in range(len(ctx), len(full)))
+        assert score == pytest.approx(expected, abs=1e-4)
+    # The window matters: the same weights without it score differently.
+    wide, _ = _tiny_gemma3(sliding_window=512)
+    wide.load_state_dict(model.state_dict())
+    assert TransformersBackend(wide, tok).loglikelihood(reqs[-2:]) != pytest.approx(
+        got[-2:], abs=1e-3
+    )
+
+
+@pytest.mark.models
+def test_real_cached_scores_equal_uncached_cqa():
+    from fedcot.models.registry import load_model
+
+    try:
+        model, tok = load_model("smollm2-135m-instruct")
+    except Exception as exc:
+        pytest.skip(f"smollm2-135m-instruct cannot be loaded: {exc}")
+    be = TransformersBackend(model, tok, batch_size=2)
+    questions = [
+        ("Where would you find a jellyfish?", ["ocean", "desert", "garage", "library", "oven"]),
+        ("What do people use to cut paper?", ["spoon", "scissors", "pillow", "radio", "soap"]),
+        ("Where do you keep milk cold?", ["closet", "refrigerator", "mailbox", "car", "shelf"]),
+    ]
+    reqs = []
+    for q, choices in questions:
+        text = (
+            q
+            + "\nAnswer Choices:\n"
+            + "\n".join(f"({'abcde'[i]}) {c}" for i, c in enumerate(choices))
+        )
+        chat = [{"role": "user", "content": text}]
+        reqs += [(chat, f"({'abcde'[i]}) {c}") for i, c in enumerate(choices)]
+    got = be.loglikelihood(reqs)
+    assert got == pytest.approx(_uncached(be, reqs), abs=1e-3)

@@ -52,6 +52,7 @@ def test_help_lists_only_real_commands():
         "demo",
         "perturb",
         "privacy-eval",
+        "distill",
     }
     assert runner.invoke(app, ["--version"]).output.startswith("fedcot ")
 
@@ -110,3 +111,15 @@ def test_errors_are_messages_with_hints(mc_file):
         app, ["eval", "--task", "multiple-choice", "--data", "/nonexistent/x.jsonl"]
     )
     assert res.exit_code == 2 and "/nonexistent/x.jsonl" in res.output
+
+
+def test_distill_reports_config_errors_with_a_hint(tmp_path):
+    res = runner.invoke(
+        app,
+        ["distill", "--strategy", "exponential", "--set", "server.kind=replay",
+         "--output-dir", str(tmp_path / "r")],
+    )  # fmt: skip
+    assert res.exit_code == 2
+    assert "replay" in res.output and "hint" in res.output
+    res = runner.invoke(app, ["distill", "--strategy", "magic"])
+    assert res.exit_code == 2 and "strategy" in res.output

@@ -246,12 +246,15 @@ def _print_result(result: Any) -> None:
 @friendly_errors
 def demo_cmd(
     config: ConfigOpt = None,
-    records: Annotated[int | None, typer.Option(help="Private records to generate.")] = None,
+    records: Annotated[int | None, typer.Option(help="Private records to train on.")] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted demo run.")
+    ] = False,
     overrides: SetOpt = None,
 ) -> None:
-    """Run the main job on the embedded defaults (no arguments needed)."""
-    from fedcot.config import DemoConfig, dump_config, load_config
+    """Run the whole FedCoT pipeline on the embedded defaults (no arguments needed)."""
+    from fedcot.config import DemoConfig, load_config
     from fedcot.demo import run_demo
 
     cfg = load_config(
@@ -260,9 +263,79 @@ def demo_cmd(
         overrides or [],
         {"records": records, "output_dir": str(output_dir) if output_dir else None},
     )
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.output_dir / "config.yaml").write_text(dump_config(cfg))
-    run_demo(cfg, console=out)
+    run_demo(cfg, console=out, resume=resume)
+
+
+# -- distill -------------------------------------------------------------------------------
+
+
+@app.command("distill")
+@friendly_errors
+def distill_cmd(
+    config: ConfigOpt = None,
+    task: Annotated[str | None, typer.Option(help="cqa, esnli, ... or private-records.")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Dataset source, or 'synthetic' (private records).")
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="exponential | adaptive | encoder-decoder | none.")
+    ] = None,
+    epsilon: Annotated[float | None, typer.Option(help="ε per unit (privacy.epsilon).")] = None,
+    decoder: Annotated[
+        str | None, typer.Option(help="inverse-map | icl | trained | identity.")
+    ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(help="OpenAI-compatible base URL of the server LLM (kind openai)."),
+    ] = None,
+    server_model: Annotated[
+        str | None, typer.Option(help="Server model name (or embedded model, in-process).")
+    ] = None,
+    student: Annotated[str | None, typer.Option(help="The client's model.")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Weight of the rationale loss.")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in output_dir.")
+    ] = False,
+    overrides: SetOpt = None,
+) -> None:
+    """Run FedCoT on a client: perturb → server rationales → decode → multi-task training."""
+    from fedcot.config import load_config
+    from fedcot.cot.client import run_distill
+    from fedcot.cot.config import DistillConfig
+
+    cfg = load_config(
+        DistillConfig,
+        config,
+        overrides or [],
+        {
+            "task": task,
+            "data": data,
+            "strategy": strategy,
+            "privacy.epsilon": epsilon,
+            "decoder": decoder,
+            "server.kind": "openai" if server else None,
+            "server.base_url": server,
+            "server.model": server_model,
+            "student.model": student,
+            "train.alpha": alpha,
+            "output_dir": str(output_dir) if output_dir else None,
+        },
+    )
+    result = run_distill(cfg, resume=resume, console=out)
+    table = Table(title=f"fedcot distill · {cfg.task} · {cfg.strategy}")
+    for col in ("", "accuracy", "95 % CI", "n"):
+        table.add_column(col, justify="right")
+    for name, r in (("before", result.before), ("after", result.after)):
+        if r:
+            table.add_row(
+                name,
+                f"{100 * r['accuracy']:.1f} %",
+                f"{100 * r['ci_low']:.1f} – {100 * r['ci_high']:.1f} %",
+                str(r["n"]),
+            )
+    out.print(table)
+    out.print(f"run folder: {result.run_dir}")
 
 
 # -- perturb -------------------------------------------------------------------------------

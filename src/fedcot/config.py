@@ -34,7 +34,7 @@ class _Strict(BaseModel):
 class BackendConfig(_Strict):
     """Who generates: an in-process model, a llama.cpp GGUF, or an OpenAI-compatible URL."""
 
-    kind: Literal["transformers", "openai", "llamacpp"] = "transformers"
+    kind: Literal["transformers", "openai", "llamacpp", "replay"] = "transformers"
     model: str = "smollm2-135m-instruct"
     base_url: str | None = Field(
         None, description="OpenAI-compatible endpoint, e.g. http://host:8000/v1"
@@ -67,6 +67,11 @@ class BackendConfig(_Strict):
                 timeout=self.timeout,
                 max_retries=self.max_retries,
             )
+        if self.kind == "replay":
+            raise ConfigError(
+                "the replay teacher is built by 'fedcot distill' from the run's dataset",
+                hint="use kind = 'replay' as the server of a distill run with strategy = 'none'",
+            )
         return make_backend("llamacpp", self.model)
 
 
@@ -92,18 +97,25 @@ class EvalConfig(_Strict):
 
 
 class DemoConfig(_Strict):
-    """``fedcot demo``: the main job on embedded defaults."""
+    """``fedcot demo``: the whole FedCoT pipeline on the embedded defaults."""
 
     student: BackendConfig = Field(default_factory=BackendConfig)
     teacher: BackendConfig = Field(
-        default_factory=lambda: BackendConfig(model="gemma3-270m", batch_size=4)
+        default_factory=lambda: BackendConfig(model="gemma3-270m", batch_size=8)
     )
-    records: int = Field(24, ge=2, le=10000)
+    records: int = Field(32, ge=2, le=10000, description="private training records")
+    test_records: int = Field(16, ge=1, le=10000, description="held-out records to evaluate")
     privacy: PerturbConfig = Field(default_factory=PerturbConfig)
     seed: int = 0
     generation: GenerationParams = Field(
-        default_factory=lambda: GenerationParams(max_new_tokens=48)
+        default_factory=lambda: GenerationParams(max_new_tokens=64),
+        description="the teacher's generation parameters (rationales)",
     )
+    eval_generation: GenerationParams = Field(
+        default_factory=lambda: GenerationParams(max_new_tokens=16)
+    )
+    train_steps: int = Field(16, ge=1, description="LoRA steps of the student")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the rationale loss")
     output_dir: Path = Path("runs/demo")
 
 

@@ -1,33 +1,31 @@
-"""``fedcot demo``: the main job on the embedded defaults.
+"""``fedcot demo``: the whole FedCoT pipeline on the embedded defaults.
 
-Today it generates a small private dataset, evaluates the embedded client SLM zero-shot on
-it, perturbs the records with the privacy layer (checking that no sensitive span survives),
-and lays out the FedCoT stages that follow (server rationales → decode → multi-task
-training).
+A client holds generated private records (names, e-mails, phone numbers, IBANs, amounts) and
+the small model ``smollm2-135m-instruct``; the "server" is ``gemma3-270m`` in the same
+process. The demo perturbs the records (adaptive mechanism), asks the server for
+chain-of-thought rationales about the perturbed records, maps the stand-ins back, trains the
+client model on label + rationale, and reports accuracy before and after, the ε spent, and a
+check that no sensitive span of the private data reached the server.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
 from fedcot.config import DemoConfig
-from fedcot.data import get_task
-from fedcot.data.loaders import write_jsonl
-from fedcot.data.synthetic import generate_private_records
-from fedcot.evaluation import evaluate
 from fedcot.privacy.attacks import verbatim_leakage
-from fedcot.privacy.perturb import Perturber
 
 
-def write_jsonl_rows(rows: Iterable[dict[str, object]], path: Path) -> Path:
+def write_jsonl_rows(rows: Any, path: Path) -> Path:
     """Write dicts as JSON lines."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
@@ -36,8 +34,44 @@ def write_jsonl_rows(rows: Iterable[dict[str, object]], path: Path) -> Path:
     return path
 
 
-def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, object]:
+def distill_config(cfg: DemoConfig) -> Any:
+    """The ``fedcot distill`` configuration the demo runs."""
+    from fedcot.cot.config import DistillConfig
+
+    privacy = cfg.privacy.model_dump()
+    return DistillConfig.model_validate(
+        {
+            "task": "private-records",
+            "data": "synthetic",
+            "train_limit": cfg.records,
+            "test_limit": cfg.test_records,
+            "student": cfg.student.model_dump(),
+            "server": cfg.teacher.model_dump(),
+            "strategy": privacy.pop("strategy"),
+            "privacy": privacy,
+            "generation": cfg.generation.model_dump(),
+            "eval_generation": cfg.eval_generation.model_dump(),
+            "train": {
+                "max_steps": cfg.train_steps,
+                "batch_size": 4,
+                "alpha": cfg.alpha,
+                "learning_rate": 5e-4,
+                "logging_steps": 2,
+                "eval_each_epoch": False,
+            },
+            "seed": cfg.seed,
+            "output_dir": str(cfg.output_dir),
+        }
+    )
+
+
+def run_demo(
+    cfg: DemoConfig, console: Console | None = None, *, resume: bool = False
+) -> dict[str, Any]:
     """Run the demo and return its summary (also written to ``output_dir/summary.json``)."""
+    from fedcot.cot.client import run_distill
+    from fedcot.data.synthetic import generate_private_records
+
     console = console or Console()
     t0 = time.perf_counter()
     console.rule("[bold]fedcot demo")
@@ -45,73 +79,91 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, objec
         "A client holds private records and a small model. It wants a large model's reasoning "
         "without the server ever reading the records.\n"
     )
+    dcfg = distill_config(cfg)
+    if cfg.output_dir.exists() and not resume:
+        shutil.rmtree(cfg.output_dir)  # a demo starts afresh unless asked to resume
 
-    # 1. The private data.
-    task = get_task("private-records")
     records = generate_private_records(cfg.records, seed=cfg.seed)
-    data_path = write_jsonl(records, cfg.output_dir / "private_records.jsonl")
     kinds: Counter[str] = Counter(s["kind"] for r in records for s in r.meta.get("spans", []))
     console.print(
-        f"[bold]1. Private data[/]: {len(records)} generated records "
+        f"[bold]Private data[/]: {len(records)} generated training records "
         f"({sum(kinds.values())} sensitive spans: "
         + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
-        + f") → {data_path}"
+        + f"), {cfg.test_records} held out for testing"
     )
-    console.print(Panel(records[0].question, title="record 0", expand=False))
-
-    # 2. The client's model, zero-shot.
-    console.print(f"[bold]2. Client SLM[/]: loading {cfg.student.model} ...")
-    student = cfg.student.build()
-    result = evaluate(student, task, records, params=cfg.generation)
-    result.write_predictions(cfg.output_dir / "zero_shot_predictions.jsonl")
-    console.print(result.table(f"zero-shot {cfg.student.model} on the private records"))
-
-    # 3. Perturb: what the server would receive.
-    pcfg = cfg.privacy
+    console.print(Panel(records[0].question, title="record 0 (stays on the client)", expand=False))
     console.print(
-        f"[bold]3. Perturb[/]: {pcfg.strategy} mechanism, ε_S = {pcfg.eps_sensitive:g} for "
-        f"sensitive units, ε_N = {pcfg.eps_normal:g} for the rest"
+        f"[bold]Pipeline[/]: perturb ({dcfg.strategy}, ε = {dcfg.privacy.eps_sensitive:g} for "
+        f"sensitive units, {dcfg.privacy.eps_normal:g} for the rest) → {cfg.teacher.model} "
+        f"writes rationales → inverse-map decoding → {cfg.student.model} learns label + "
+        f"rationale (α = {cfg.alpha:g}, {cfg.train_steps} LoRA steps)\n"
     )
-    perturber = Perturber.from_config(pcfg)
-    perturbed = perturber.perturb([r.question for r in records], [r.id for r in records])
-    write_jsonl_rows((p.public() for p in perturbed), cfg.output_dir / "perturbed_records.jsonl")
-    perturber.accountant.save(cfg.output_dir / "privacy_ledger.json")
-    console.print(Panel(perturbed[0].text, title="record 0 as the server sees it", expand=False))
-    leaks = [
-        verbatim_leakage(r.question, p.text, r.meta["spans"]) for r, p in zip(records, perturbed)
+    result = run_distill(dcfg, resume=resume, console=console)
+
+    # What did the server receive? Exactly the prompts in the response cache.
+    cache_rows = [
+        json.loads(line)
+        for line in (cfg.output_dir / "server_cache.jsonl").read_text().splitlines()
+        if line.strip()
     ]
-    leaked, spans = sum(a for a, _ in leaks), sum(b for _, b in leaks)
-    ledger = perturber.accountant.summary()
+    received = "\n\n".join(
+        r["prompt"] if isinstance(r["prompt"], str) else json.dumps(r["prompt"]) for r in cache_rows
+    )
+    leaked = total = 0
+    for r in records:
+        a, b = verbatim_leakage(r.question, received, r.meta["spans"])
+        leaked += a
+        total += b
+    example = cache_rows[0]
+    shown = example["prompt"] if isinstance(example["prompt"], str) else example["prompt"][-1]
     console.print(
-        f"sensitive spans left verbatim: {leaked} of {spans}; ε per record: max "
-        f"{ledger['per_prompt_max']:.0f}, mean {ledger['per_prompt_mean']:.0f} "
-        f"(sequential composition over {ledger['draws']} draws; see docs/privacy.md)"
+        Panel(str(shown).rsplit("\n\n", 1)[-1], title="record 0 as the server saw it", expand=False)
     )
+    console.print(Panel(example["text"].strip(), title="the server's rationale", expand=False))
 
-    # 4. What the FedCoT stages will do with this data.
-    plan = Table(title="FedCoT stages after this one", show_lines=True)
-    plan.add_column("stage")
-    plan.add_column("what happens")
-    plan.add_row(
+    ledger = result.privacy.get("ledger", {})
+    table = Table(title="fedcot demo report", show_header=False)
+    table.add_column("")
+    table.add_column("")
+    for name, r in (("accuracy before", result.before), ("accuracy after", result.after)):
+        if r:
+            table.add_row(
+                name,
+                f"{100 * r['accuracy']:.1f} % ({r['correct']}/{r['n']}; 95 % CI "
+                f"{100 * r['ci_low']:.1f}–{100 * r['ci_high']:.1f} %)",
+            )
+    table.add_row(
         "rationales",
-        f"the server LLM ({cfg.teacher.model}) writes step-by-step reasoning for the "
-        "perturbed questions",
+        f"{result.rationales.get('requested', 0)} asked, "
+        f"{result.rationales.get('agree_with_gold', 0)} reach the gold answer after decoding",
     )
-    plan.add_row("decode", "the client maps the stand-ins back: a rationale for its real record")
-    plan.add_row(
-        "train",
-        f"{cfg.student.model} learns label and rationale together "
-        "(α·L_rationale + (1−α)·L_label), then is evaluated again",
+    if ledger:
+        table.add_row(
+            "ε spent",
+            f"{ledger['per_prompt_mean']:.0f} per record on average (max "
+            f"{ledger['per_prompt_max']:.0f}; sequential composition over the "
+            f"units of a record; ε = {dcfg.privacy.eps_sensitive:g} per sensitive unit)",
+        )
+    table.add_row(
+        "leak check",
+        f"{leaked} of {total} sensitive spans appear verbatim in what the server received"
+        + (" ✓" if leaked == 0 else " ✗"),
     )
-    console.print(plan)
+    table.add_row("time", f"{time.perf_counter() - t0:.0f} s")
+    console.print(table)
 
-    summary: dict[str, object] = {
+    summary: dict[str, Any] = {
         "records": len(records),
+        "test_records": cfg.test_records,
         "sensitive_spans": dict(kinds),
         "student": cfg.student.model,
-        "zero_shot": result.summary(),
-        "privacy": {"config": pcfg.model_dump(mode="json"), "ledger": ledger},
-        "verbatim_sensitive_spans": {"leaked": leaked, "total": spans},
+        "teacher": cfg.teacher.model,
+        "before": result.before,
+        "after": result.after,
+        "rationales": result.rationales,
+        "privacy": {"config": cfg.privacy.model_dump(mode="json"), "ledger": ledger},
+        "server_received": {"prompts": len(cache_rows), "leaked_spans": leaked, "spans": total},
+        "timings": result.timings,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     (cfg.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))

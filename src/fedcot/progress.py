@@ -24,9 +24,11 @@ def _enabled() -> bool:
 
 
 @contextmanager
-def progress_bar(total: int, description: str) -> Iterator[Callable[[int], None]]:
+def progress_bar(
+    total: int, description: str, *, enabled: bool = True
+) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``; shows a bar with count, elapsed and remaining time."""
-    if not _enabled():
+    if not enabled or not _enabled():
         yield lambda n: None
         return
     with Progress(

@@ -362,6 +362,20 @@ class Task(abc.ABC):
         Few-shot examples become prior user/assistant turns (chat) or ``"...\\nAnswer: <t>"``
         blocks (plain); with ``cot`` their targets include the rationale.
         """
+        return self.prompt_for_text(self.input_text(ex), chat=chat, fewshot=fewshot, cot=cot)
+
+    def prompt_for_text(
+        self,
+        text: str,
+        *,
+        chat: bool,
+        fewshot: Sequence[Example] = (),
+        cot: bool = False,
+    ) -> Prompt:
+        """Like :meth:`prompt`, for an example already written as text (``input_text`` form).
+
+        FedCoT uses it to wrap a *perturbed* example in the public few-shot template.
+        """
         instr = self.instruction(cot=cot)
         if chat:
             messages: list[dict[str, str]] = []
@@ -370,12 +384,12 @@ class Task(abc.ABC):
                 # like the zero-shot prompt.
                 messages.append({"role": "user", "content": f"{instr}\n\n{self.input_text(shot)}"})
                 messages.append({"role": "assistant", "content": self.target_text(shot, cot=cot)})
-            messages.append({"role": "user", "content": f"{instr}\n\n{self.input_text(ex)}"})
+            messages.append({"role": "user", "content": f"{instr}\n\n{text}"})
             return messages
         blocks = [instr]
         for shot in fewshot:
             blocks.append(f"{self.input_text(shot)}\nAnswer: {self.target_text(shot, cot=cot)}")
-        blocks.append(f"{self.input_text(ex)}\nAnswer:")
+        blocks.append(f"{text}\nAnswer:")
         return "\n\n".join(blocks)
 
     # ---- answer side -------------------------------------------------------------------

@@ -7,9 +7,10 @@ decoding, seeded.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fedcot.models.backends.base import (
     Backend,
@@ -26,11 +27,35 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ProgressFn = Callable[[int], None]
+T = TypeVar("T")
 
 
-def _batches(order: Sequence[int], size: int) -> Iterator[list[int]]:
+def _batches(order: Sequence[T], size: int) -> Iterator[list[T]]:
     for i in range(0, len(order), size):
         yield list(order[i : i + size])
+
+
+def _can_select_rows(cache: Any) -> bool:
+    """Whether :func:`_select_cache_rows` can copy ``cache``: a dynamic cache whose layers
+    grow by concatenation (full or sliding window attention)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+    return isinstance(cache, DynamicCache) and all(
+        type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers
+    )
+
+
+def _select_cache_rows(cache: Any, rows: torch.Tensor) -> Any:
+    """A new key/value cache holding ``rows`` of ``cache`` (repeats allowed).
+
+    ``cache`` itself is left as it was: the copy's layers are new objects whose tensors are
+    indexed copies, so running the model on the copy (which appends to, and for sliding
+    window layers trims, the copy's tensors) cannot change the original.
+    """
+    fork = copy.copy(cache)
+    fork.layers = [copy.copy(layer) for layer in cache.layers]
+    fork.batch_select_indices(rows)
+    return fork
 
 
 class TransformersBackend(Backend):
@@ -237,52 +262,168 @@ class TransformersBackend(Backend):
         Used to score fixed answer candidates (multiple choice, NLI labels) without parsing
         free text. The continuation's tokens are those of ``render(prompt) + continuation``
         past the prompt's tokens.
+
+        Requests that share a prompt (the candidates of one question) run the prompt through
+        the model once and score every candidate on top of its key/value cache; a prompt with
+        a single request, or a continuation whose first token merges with the prompt's last
+        one, is scored on the whole sequence instead. ``batch_size`` prompts (or sequences)
+        go through the model at a time.
         """
         import torch
 
-        encoded: list[tuple[list[int], int]] = []
-        for prompt, cont in requests:
-            text, special = self.render(prompt)
-            ctx = self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        prompt_ids: dict[tuple[str, bool], list[int]] = {}
+        shared: dict[tuple[str, bool], list[tuple[int, list[int]]]] = {}
+        whole: list[tuple[int, list[int], int]] = []  # (request, full sequence, first scored)
+        for i, (prompt, cont) in enumerate(requests):
+            key = self.render(prompt)
+            text, special = key
+            ctx = prompt_ids.get(key)
+            if ctx is None:
+                ctx = prompt_ids[key] = self.tokenizer(text, add_special_tokens=special)[
+                    "input_ids"
+                ]
             full = self.tokenizer(text + cont, add_special_tokens=special)["input_ids"]
             # Tokens can merge across the boundary; count from the first differing token.
             start = next(
                 (j for j, (a, b) in enumerate(zip(ctx, full)) if a != b), min(len(ctx), len(full))
             )
-            start = max(1, min(start, len(full) - 1))
-            encoded.append((full, start))
+            if start == len(ctx) >= 1 and len(full) > start:
+                shared.setdefault(key, []).append((i, full[start:]))
+            else:
+                whole.append((i, full, max(1, min(start, len(full) - 1))))
+        groups: list[tuple[list[int], list[tuple[int, list[int]]]]] = []
+        for key, members in shared.items():
+            ctx = prompt_ids[key]
+            if len(members) > 1:
+                groups.append((ctx, members))
+            else:  # a lone continuation gains nothing from a cache
+                ((i, cont_ids),) = members
+                whole.append((i, ctx + cont_ids, len(ctx)))
         scores: list[float] = [0.0] * len(requests)
-        order = sorted(range(len(requests)), key=lambda i: -len(encoded[i][0]))
-        pad = self.tokenizer.pad_token_id
         with torch.inference_mode():
-            for batch in _batches(order, self.batch_size):
-                width = max(len(encoded[i][0]) for i in batch)
-                # Left padding puts every continuation at the end, so the model only has to
-                # project the last K positions onto the (possibly huge) vocabulary.
-                keep = max(len(encoded[i][0]) - encoded[i][1] for i in batch) + 1
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for r, i in enumerate(batch):
-                    seq = encoded[i][0]
-                    ids[r, width - len(seq) :] = torch.tensor(seq)
-                    mask[r, width - len(seq) :] = 1
-                positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-                logits = self.model(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    logits_to_keep=keep,
-                ).logits.float()
-                logp = torch.log_softmax(logits, dim=-1)  # (batch, keep, vocab)
-                for r, i in enumerate(batch):
-                    seq, start = encoded[i]
-                    n_cont = len(seq) - start
-                    targets = torch.tensor(seq[start:])
-                    rows = logp[r, keep - n_cont - 1 : keep - 1]
-                    scores[i] = float(rows.gather(1, targets[:, None]).sum())
-                if self._progress is not None:
-                    self._progress(len(batch))
+            self._score_shared_prompts(groups, scores)
+            self._score_sequences(whole, scores)
         return scores
+
+    def _score_sequences(
+        self, items: Sequence[tuple[int, list[int], int]], scores: list[float]
+    ) -> None:
+        """Score ``(request, token ids, first scored position)`` items on whole sequences."""
+        import torch
+
+        if not items:
+            return
+        order = sorted(range(len(items)), key=lambda k: -len(items[k][1]))
+        pad = self.tokenizer.pad_token_id
+        for batch in _batches(order, self.batch_size):
+            rows = [items[k] for k in batch]
+            width = max(len(seq) for _, seq, _ in rows)
+            # Left padding puts every continuation at the end, so the model only has to
+            # project the last K positions onto the (possibly huge) vocabulary.
+            keep = max(len(seq) - start for _, seq, start in rows) + 1
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, (_, seq, _) in enumerate(rows):
+                ids[r, width - len(seq) :] = torch.tensor(seq)
+                mask[r, width - len(seq) :] = 1
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            logits = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                logits_to_keep=keep,
+                use_cache=False,
+            ).logits.float()
+            logp = torch.log_softmax(logits, dim=-1)  # (batch, keep, vocab)
+            for r, (i, seq, start) in enumerate(rows):
+                n_cont = len(seq) - start
+                targets = torch.tensor(seq[start:])
+                picked = logp[r, keep - n_cont - 1 : keep - 1]
+                scores[i] = float(picked.gather(1, targets[:, None]).sum())
+            if self._progress is not None:
+                self._progress(len(rows))
+
+    def _score_shared_prompts(
+        self,
+        groups: Sequence[tuple[list[int], list[tuple[int, list[int]]]]],
+        scores: list[float],
+    ) -> None:
+        """Score ``(prompt ids, [(request, continuation ids), ...])`` groups.
+
+        Each batch of prompts (left padded) runs once with a key/value cache; its last
+        position gives every continuation's first token. The remaining tokens run on top of
+        a per-row copy of that cache: continuation rows are right padded after their
+        prompt, so each row's real tokens stay contiguous and its positions continue from
+        its prompt's length. Continuations go ``batch_size`` rows at a time.
+        """
+        import torch
+
+        if not groups:
+            return
+        order = sorted(range(len(groups)), key=lambda g: -len(groups[g][0]))
+        pad = self.tokenizer.pad_token_id
+        for b, batch in enumerate(_batches(order, self.batch_size)):
+            prompts = [groups[g][0] for g in batch]
+            width = max(len(p) for p in prompts)
+            ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, p in enumerate(prompts):
+                ids[r, width - len(p) :] = torch.tensor(p)
+                mask[r, width - len(p) :] = 1
+            lengths = mask.sum(dim=1)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache = out.past_key_values
+            if not _can_select_rows(cache):
+                # An unusual cache (static, quantised, linear attention): score this batch and
+                # the ones after it on whole sequences.
+                items = [
+                    (i, groups[g][0] + cont, len(groups[g][0]))
+                    for g in order[b * self.batch_size :]
+                    for i, cont in groups[g][1]
+                ]
+                self._score_sequences(items, scores)
+                return
+            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (batch, vocab)
+            rest: list[tuple[int, int, list[int]]] = []  # (prompt row, request, tokens)
+            n_requests = 0
+            for r, g in enumerate(batch):
+                for i, cont in groups[g][1]:
+                    scores[i] = float(first[r, cont[0]])
+                    n_requests += 1
+                    if len(cont) > 1:
+                        rest.append((r, i, cont))
+            # Longest first, so a chunk pads little.
+            rest.sort(key=lambda item: -len(item[2]))
+            for chunk in _batches(rest, self.batch_size):
+                # Feed all but the last token; position k predicts token k + 1.
+                span = max(len(cont) for _, _, cont in chunk) - 1
+                cont_ids = torch.full((len(chunk), span), pad, dtype=torch.long)
+                cont_mask = torch.zeros_like(cont_ids)
+                for k, (_, _, cont) in enumerate(chunk):
+                    cont_ids[k, : len(cont) - 1] = torch.tensor(cont[:-1])
+                    cont_mask[k, : len(cont) - 1] = 1
+                rows = torch.tensor([r for r, _, _ in chunk], dtype=torch.long)
+                logits = self.model(
+                    input_ids=cont_ids,
+                    attention_mask=torch.cat([mask[rows], cont_mask], dim=1),
+                    position_ids=lengths[rows, None] + torch.arange(span)[None, :],
+                    past_key_values=_select_cache_rows(cache, rows),
+                    use_cache=True,
+                ).logits.float()
+                logp = torch.log_softmax(logits, dim=-1)  # (chunk, span, vocab)
+                for k, (_, i, cont) in enumerate(chunk):
+                    targets = torch.tensor(cont[1:])
+                    picked = logp[k, : len(cont) - 1].gather(1, targets[:, None])
+                    scores[i] += float(picked.sum())
+            del cache, out
+            if self._progress is not None:
+                self._progress(n_requests)
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

@@ -1,0 +1,334 @@
+"""FedCoT benchmark: does training on rationales help the student, and what does privacy cost?
+
+Rows (the same training budget for every row unless it says otherwise):
+
+- ``zero``: the student zero-shot;
+- ``label``: label-only LoRA training (α = 0), S steps;
+- ``label2x``: label-only with the compute of multi-task (2·S steps: a multi-task step runs
+  two sequences per example);
+- ``palm``: multi-task with the datasets' recorded PaLM rationales (replay teacher,
+  non-private);
+- ``gemma-none`` / ``gemma-exp`` / ``gemma-adaptive``: FedCoT with the local teacher
+  gemma3-270m at strategy none, exponential ε = 3 and adaptive ε = 3 (inverse-map decoding).
+
+Each run is a ``fedcot distill`` run folder under ``bench/out/fedcot/<task>/``; finished runs
+are skipped, so the script can be stopped and started again. ``--report-only`` rebuilds the
+docs section from the stored runs. Example:
+
+    python bench/fedcot_table.py --task cqa --rows label,label2x,palm --seeds 0,1,2
+    python bench/fedcot_table.py --task cqa --rows gemma-none,gemma-exp,gemma-adaptive --seeds 0
+    python bench/fedcot_table.py --throughput --task cqa
+    python bench/fedcot_table.py --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import ROOT, SHARED, machine, today, write_section
+
+OUT = ROOT / "bench" / "out" / "fedcot"
+ROWS = ("label", "label2x", "palm", "gemma-none", "gemma-exp", "gemma-adaptive")
+LABELS = {
+    "zero": "zero-shot",
+    "label": "label-only",
+    "label2x": "label-only, 2× steps (compute-matched)",
+    "palm": "multi-task, PaLM rationales (replay, non-private)",
+    "gemma-none": "FedCoT, gemma3-270m teacher, strategy none (ε = ∞)",
+    "gemma-exp": "FedCoT, gemma3-270m, exponential ε = 3, inverse-map",
+    "gemma-adaptive": "FedCoT, gemma3-270m, adaptive ε_S = 3 (ε_N = 9), inverse-map",
+}
+TRAIN_SPLIT = {"cqa": "train", "esnli": "valid"}
+
+
+def row_config(task: str, row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The distill config of one benchmark row."""
+    steps = args.steps * (2 if row == "label2x" else 1)
+    cfg: dict[str, Any] = {
+        "task": task,
+        "data": str(SHARED),
+        "train_split": TRAIN_SPLIT[task],
+        "test_split": "test",
+        "train_limit": args.train,
+        "test_limit": args.test,
+        "student": {"model": "smollm2-135m-instruct", "batch_size": 16},
+        "eval_method": "likelihood",
+        "eval_before": row == "label" and seed == args.seed_list[0],
+        "train": {
+            "alpha": 0.0 if row.startswith("label") else args.alpha,
+            "max_steps": steps,
+            "batch_size": args.batch_size,
+            "learning_rate": args.lr,
+            "max_length": 256,
+            "logging_steps": 5,
+            "eval_each_epoch": False,
+            "seed": seed,
+        },
+        "seed": seed,
+        "output_dir": str(OUT / task / f"{row}-s{seed}"),
+        "generation": {"max_new_tokens": args.max_new_tokens},
+    }
+    if row in ("label", "label2x"):
+        cfg["strategy"] = "none"
+    elif row == "palm":
+        cfg.update(strategy="none", server={"kind": "replay", "model": "palm"})
+    else:
+        cfg["server"] = {"model": "gemma3-270m", "batch_size": 16}
+        # The perturbation (and so the server's answers) is drawn once; seeds vary training.
+        strategy = {"gemma-none": "none", "gemma-exp": "exponential"}.get(row, "adaptive")
+        cfg["strategy"] = strategy
+        cfg["privacy"] = {"epsilon": 3.0, "seed": 0}
+    return cfg
+
+
+def run_rows(args: argparse.Namespace) -> None:
+    from fedcot.cot.client import run_distill
+    from fedcot.cot.config import DistillConfig
+
+    teacher = None
+    for task in args.tasks:
+        for row in args.rows:
+            for seed in args.seed_list:
+                cfg = DistillConfig.model_validate(row_config(task, row, seed, args))
+                if (cfg.output_dir / "metrics.json").exists():
+                    print(f"skip {task} {row} s{seed}: done", file=sys.stderr)
+                    continue
+                server = None
+                if row.startswith("gemma"):
+                    # Reuse the seed-0 answers: the same perturbed prompts hit the cache.
+                    src = OUT / task / f"{row}-s{args.seed_list[0]}" / "server_cache.jsonl"
+                    dst = cfg.output_dir / "server_cache.jsonl"
+                    if seed != args.seed_list[0] and src.exists() and not dst.exists():
+                        dst.parent.mkdir(parents=True, exist_ok=True)
+                        dst.write_bytes(src.read_bytes())
+                    if teacher is None:
+                        from fedcot.models.backends.transformers import TransformersBackend
+
+                        teacher = TransformersBackend.from_pretrained("gemma3-270m", batch_size=16)
+                    server = teacher
+                print(f"run {task} {row} s{seed} ...", file=sys.stderr)
+                t0 = time.perf_counter()
+                resume = cfg.output_dir.exists() and (cfg.output_dir / "config.yaml").exists()
+                run_distill(cfg, resume=resume, server=server, progress=False)
+                print(f"  done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+
+def throughput(args: argparse.Namespace) -> None:
+    """Server tokens/s through the pipeline's cached path vs the raw backend, same prompts."""
+    import tempfile
+
+    from fedcot.cot.cache import AskStats, RationaleCache, ask_cached
+    from fedcot.models.backends.base import GenerationParams
+    from fedcot.models.backends.transformers import TransformersBackend
+
+    task = args.tasks[0]
+    cache_file = OUT / task / "gemma-exp-s0" / "server_cache.jsonl"
+    prompts = [r.prompt for r in RationaleCache(cache_file).values()][: args.n_throughput]
+    be = TransformersBackend.from_pretrained("gemma3-270m", batch_size=16)
+    params = GenerationParams(max_new_tokens=args.max_new_tokens)
+    be.generate(prompts[:2], params)  # warm-up
+    results = {}
+    for attempt in range(2):
+        t0 = time.perf_counter()
+        comps = be.generate(prompts, params)
+        raw_s = time.perf_counter() - t0
+        raw_tokens = sum(c.completion_tokens for c in comps)
+        with tempfile.TemporaryDirectory() as d:
+            stats = AskStats()
+            t0 = time.perf_counter()
+            ask_cached(
+                be, prompts, params, RationaleCache(Path(d) / "c.jsonl"), batch_size=16, stats=stats
+            )
+            pipe_s = time.perf_counter() - t0
+        results[attempt] = {
+            "raw_tok_s": raw_tokens / raw_s,
+            "pipeline_tok_s": stats.completion_tokens / pipe_s,
+            "prompts": len(prompts),
+            "tokens": raw_tokens,
+        }
+    (OUT / task).mkdir(parents=True, exist_ok=True)
+    (OUT / task / "throughput.json").write_text(json.dumps(results[1], indent=2))
+    print(json.dumps(results, indent=2))
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def _load(task: str) -> dict[tuple[str, int], dict[str, Any]]:
+    runs = {}
+    for folder in sorted((OUT / task).glob("*-s*")):
+        m = folder / "metrics.json"
+        if not m.exists():
+            continue
+        row, seed = folder.name.rsplit("-s", 1)
+        metrics = json.loads(m.read_text())
+        preds = {}
+        for line in (folder / "eval" / "after_predictions.jsonl").read_text().splitlines():
+            p = json.loads(line)
+            preds[p["id"]] = bool(p["correct"])
+        metrics["_preds"] = preds
+        before = folder / "eval" / "before_predictions.jsonl"
+        if before.exists():
+            metrics["_before_preds"] = {
+                json.loads(x)["id"]: bool(json.loads(x)["correct"])
+                for x in before.read_text().splitlines()
+            }
+        runs[(row, int(seed))] = metrics
+    return runs
+
+
+def _paired(a: dict[str, bool], b: dict[str, bool]) -> tuple[float, float, float]:
+    """Mean paired difference a − b (points) with a normal 95 % interval."""
+    ids = sorted(set(a) & set(b))
+    d = [float(a[i]) - float(b[i]) for i in ids]
+    mean = statistics.fmean(d)
+    sd = statistics.stdev(d) if len(d) > 1 else 0.0
+    half = 1.96 * sd / math.sqrt(len(d))
+    return 100 * mean, 100 * (mean - half), 100 * (mean + half)
+
+
+def report() -> None:
+    sections = []
+    for task in ("cqa", "esnli"):
+        runs = _load(task)
+        if not runs:
+            continue
+        lines = [f"### {task}", ""]
+        cfg0 = next(iter(runs.values()))
+        n = cfg0["after"]["n"]
+        lines.append(
+            "| row | seeds | accuracy per seed | mean | 95 % CI (seed 0) | vs compute-matched "
+            "label-only (paired, seed 0) |"
+        )
+        lines.append("|---|---:|---|---:|---:|---|")
+        zero = next((m for (r, s), m in runs.items() if m.get("before")), None)
+        base = {s: m["_preds"] for (r, s), m in runs.items() if r == "label2x"}
+        if zero:
+            b = zero["before"]
+            diff = ""
+            if 0 in base:
+                d, lo, hi = _paired(zero["_before_preds"], base[0])
+                diff = f"{d:+.1f} ({lo:+.1f} to {hi:+.1f})"
+            lines.append(
+                f"| {LABELS['zero']} | – | {100 * b['accuracy']:.1f} | {100 * b['accuracy']:.1f} "
+                f"| {100 * b['ci_low']:.1f}–{100 * b['ci_high']:.1f} | {diff} |"
+            )
+        for row in ROWS:
+            seeds = sorted(s for (r, s) in runs if r == row)
+            if not seeds:
+                continue
+            accs = [100 * runs[(row, s)]["after"]["accuracy"] for s in seeds]
+            a0 = runs[(row, seeds[0])]["after"]
+            diffs = []
+            for s in seeds:
+                if s in base and row != "label2x":
+                    diffs.append(_paired(runs[(row, s)]["_preds"], base[s]))
+            diff = ""
+            if diffs:
+                d, lo, hi = diffs[0]
+                mean_d = statistics.fmean(x[0] for x in diffs)
+                diff = f"{d:+.1f} ({lo:+.1f} to {hi:+.1f}); mean of {len(diffs)}: {mean_d:+.1f}"
+            lines.append(
+                f"| {LABELS[row]} | {len(seeds)} | {', '.join(f'{x:.1f}' for x in accs)} | "
+                f"{statistics.fmean(accs):.1f} | "
+                f"{100 * a0['ci_low']:.1f}–{100 * a0['ci_high']:.1f} | {diff} |"
+            )
+        lines += ["", f"n = {n} test items; accuracy in %; likelihood scoring of the answer texts."]
+        # Rationale quality and stage timings of the FedCoT rows.
+        t_rows = [
+            (r, m)
+            for (r, s), m in sorted(runs.items())
+            if s == 0 and m["rationales"].get("requested")
+        ]
+        if t_rows:
+            lines += [
+                "",
+                "| row (seed 0) | rationales reaching the gold answer | perturb s | generate s | "
+                "decode s | train s | eval s | server tok/s | ε per prompt (mean) |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for r, m in t_rows:
+                t = m["timings"]
+                led = m["privacy"].get("ledger") or {}
+                eps = f"{led['per_prompt_mean']:.0f}" if led else "∞" if r != "palm" else "–"
+                lines.append(
+                    f"| {LABELS[r]} | {m['rationales']['agree_with_gold']}/"
+                    f"{m['rationales']['requested']} | {t.get('perturb', 0):.1f} | "
+                    f"{t.get('generate', 0):.0f} | {t.get('decode', 0):.1f} | "
+                    f"{t.get('train', 0):.0f} | {t.get('eval_after', 0):.0f} | "
+                    f"{m['server'].get('tokens_per_second') or '–'} | {eps} |"
+                )
+        tp = OUT / task / "throughput.json"
+        if tp.exists():
+            d = json.loads(tp.read_text())
+            lines += [
+                "",
+                f"Server throughput, {d['prompts']} perturbed CQA prompts, gemma3-270m in-process "
+                f"(batch 16, {d['tokens']} tokens): raw backend {d['raw_tok_s']:.1f} tok/s, "
+                f"through the pipeline's cached path {d['pipeline_tok_s']:.1f} tok/s "
+                f"({100 * d['pipeline_tok_s'] / d['raw_tok_s']:.0f} %).",
+            ]
+        sections.append("\n".join(lines))
+    params = json.loads((OUT / "params.json").read_text()) if (OUT / "params.json").exists() else {}
+    body = (
+        f"Measured {today()} on {machine()}.\n"
+        f"Command: `python bench/fedcot_table.py {params.get('argv', '')}` (rows accumulate; "
+        "`--report-only` rebuilds this section)\n\n"
+        "Student smollm2-135m-instruct with LoRA (r = 16, all linear layers), trained on the "
+        f"first {params.get('train', '?')} examples of the split with PaLM rationales (CQA "
+        f"`train`, e-SNLI `valid`), {params.get('steps', '?')} steps of "
+        f"{params.get('batch_size', '?')} examples (lr {params.get('lr', '?')}), α = "
+        f"{params.get('alpha', '?')}; evaluated on the first {params.get('test', '?')} "
+        "`test` items by the likelihood of each answer text (the label target is the answer "
+        "text, e.g. `(c) wooded area`). Teacher rationales: up to "
+        f"{params.get('max_new_tokens', '?')} new tokens, 2 public few-shot examples.\n\n"
+        + "\n\n".join(sections)
+    )
+    write_section("fedcot", "FedCoT end to end: rationales, privacy, student accuracy", body)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--task", default="cqa", help="cqa, esnli (comma-separated)")
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--train", type=int, default=200)
+    ap.add_argument("--test", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--n-throughput", type=int, default=32)
+    ap.add_argument("--throughput", action="store_true")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    args.tasks = args.task.split(",")
+    args.rows = [r for r in args.rows.split(",") if r]
+    args.seed_list = [int(s) for s in args.seeds.split(",")]
+    os.environ.setdefault("FEDCOT_PROGRESS", "0")
+    if not args.report_only:
+        OUT.mkdir(parents=True, exist_ok=True)
+        keep = {
+            k: getattr(args, k)
+            for k in ("train", "test", "steps", "batch_size", "lr", "alpha", "max_new_tokens")
+        }
+        keep["argv"] = " ".join(sys.argv[1:])
+        (OUT / "params.json").write_text(json.dumps(keep, indent=2))
+        if args.throughput:
+            throughput(args)
+        else:
+            run_rows(args)
+    report()
+
+
+if __name__ == "__main__":
+    main()

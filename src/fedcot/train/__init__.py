@@ -1,0 +1,42 @@
+"""Fine-tuning of client models: the multi-task (label + rationale) loss, LoRA adapters.
+
+Names are imported on first use, so ``import fedcot.train`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "MultiTaskArguments",
+    "MultiTaskCollator",
+    "MultiTaskTrainer",
+    "SFTItem",
+    "TrainConfig",
+    "TrainResult",
+    "apply_lora",
+    "default_loss_weights",
+    "load_trained",
+    "multitask_items",
+    "render_prompt",
+    "tokenize_groups",
+    "tokenize_item",
+    "train_multitask",
+]
+
+_WHERE = {name: "fedcot.train.multitask" for name in __all__}
+_WHERE.update(apply_lora="fedcot.train.lora", load_trained="fedcot.train.lora")
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

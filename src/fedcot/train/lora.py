@@ -1,0 +1,130 @@
+"""LoRA adapters: wrap a causal LM for training, and load a trained adapter back."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedcot.errors import ConfigError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+    from fedcot.train.multitask import TrainConfig
+
+__all__ = ["apply_lora", "linear_module_names", "load_trained"]
+
+
+@contextmanager
+def _quiet_peft() -> Iterator[None]:
+    # peft reads a deprecated transformers property when wrapping a model; the warning
+    # says nothing a user can act on.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        yield
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """Short names of the model's linear layers (what ``lora_targets`` can name)."""
+    import torch
+
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear) and name
+    }
+    return sorted(names)
+
+
+def apply_lora(model: Any, cfg: TrainConfig) -> PeftModel:
+    """Wrap ``model`` with a fresh LoRA adapter (only the adapter is trainable).
+
+    A model that already is a PeftModel (an adapter from an earlier round) is returned as
+    it is, with its adapter weights trainable.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if isinstance(model, PeftModel):
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(True)
+        return model
+    targets = cfg.lora_targets
+    lora = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+    )
+    try:
+        with _quiet_peft():
+            return get_peft_model(model, lora)
+    except ValueError as e:
+        raise ConfigError(
+            f"cannot apply LoRA to the modules {targets!r}: {e}".split("\n")[0],
+            hint="set train.lora_targets to 'all-linear' or to some of "
+            f"{', '.join(linear_module_names(model))}",
+        ) from e
+
+
+def _base_folder(base: str | os.PathLike[str]) -> Path:
+    from fedcot.models.registry import prepare
+
+    return Path(prepare(base))
+
+
+def load_trained(
+    base: str | os.PathLike[str] | None,
+    adapter_dir: str | os.PathLike[str],
+    *,
+    dtype: Any = None,
+    merge: bool = False,
+) -> tuple[Any, Any]:
+    """(model, tokenizer) of a trained client model, in eval mode on CPU.
+
+    ``adapter_dir`` is the ``adapter`` folder :func:`train_multitask` wrote. A LoRA adapter
+    is loaded on top of ``base`` (an embedded model name, a GGUF file or a transformers
+    folder); with ``merge`` the adapter is merged into the weights and a plain model
+    returned. A folder holding a full model (``method = "full"``) is loaded directly and
+    ``base`` is not needed. The tokenizer comes from ``adapter_dir`` when it was saved there.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(adapter_dir)
+    dtype = dtype or torch.float32
+    is_adapter = (folder / "adapter_config.json").is_file()
+    is_full = (folder / "config.json").is_file()
+    if not (is_adapter or is_full):
+        raise ModelNotFoundError(
+            f"{folder} holds neither a LoRA adapter nor a model",
+            hint="point to the 'adapter' folder that training wrote",
+        )
+    if is_adapter:
+        from peft import PeftModel
+
+        if base is None:
+            raise ConfigError(
+                f"{folder} holds a LoRA adapter; its base model is needed",
+                hint="pass the base model the adapter was trained on",
+            )
+        base_dir = _base_folder(base)
+        model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=dtype)
+        with _quiet_peft():
+            model = PeftModel.from_pretrained(model, str(folder))
+        if merge:
+            model = model.merge_and_unload()
+    else:
+        base_dir = folder
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+    has_tokenizer = any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder if has_tokenizer else base_dir))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,685 @@
+"""Multi-task fine-tuning of a small causal LM: labels and rationales (DSS / FedCoT).
+
+Each training example becomes a *group* of sequences, one per task: the ``label`` task (the
+plain instruction, target = the answer) and the ``rationale`` task (the step-by-step
+instruction, target = the teacher's chain of thought ending in the answer). The two
+instructions differ, so they act as task prefixes. The loss is
+
+    loss = Σ_kind weight[kind] · mean over the batch's sequences of that kind of
+           (mean token cross-entropy of the sequence's target tokens)
+
+which for the defaults is ``α · L_rationale + (1 − α) · L_label``. Only target tokens (and the
+EOS that ends them) count; prompt and padding tokens are masked with ``-100``.
+
+:class:`TrainConfig` and the data helpers import neither torch nor transformers;
+:class:`MultiTaskArguments` and :class:`MultiTaskTrainer` subclass the transformers classes and
+are built on first access, so that reading a config stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fedcot.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedcot.data.tasks import Example, Task
+
+__all__ = [
+    "IGNORE_INDEX",
+    "MultiTaskArguments",  # noqa: F822 - built on first access (module __getattr__)
+    "MultiTaskCollator",
+    "MultiTaskTrainer",  # noqa: F822
+    "SFTItem",
+    "TrainConfig",
+    "TrainResult",
+    "default_loss_weights",
+    "multitask_items",
+    "render_prompt",
+    "tokenize_groups",
+    "tokenize_item",
+    "train_multitask",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Label value of tokens that do not count in the loss (prompt and padding).
+IGNORE_INDEX = -100
+
+
+# --------------------------------------------------------------------------------------
+# Items
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SFTItem:
+    """One supervised sequence: a rendered prompt and the target the model learns to write."""
+
+    prompt: str
+    """Prompt text, already rendered (chat template applied when chat)."""
+    target: str
+    """What the model learns to write after the prompt; EOS is appended when tokenized."""
+    kind: str
+    """Loss group: ``"label"``, ``"rationale"``, ``"encode"``, ``"decode"``, ..."""
+    add_special_tokens: bool = False
+    """True for plain (non-chat) prompts: the tokenizer adds BOS etc."""
+
+
+def render_prompt(tokenizer: Any, prompt: Any) -> tuple[str, bool]:
+    """Prompt (a string or a list of chat messages) → (text, add_special_tokens).
+
+    Same rule as :meth:`TransformersBackend.render`: a chat goes through the tokenizer's chat
+    template with the generation prompt (which already holds BOS and role markers), a string
+    is used as is and the tokenizer adds its special tokens.
+    """
+    if isinstance(prompt, str):
+        return prompt, True
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ConfigError(
+            "the tokenizer has no chat template, so chat prompts cannot be rendered",
+            hint="build plain prompts (chat = false) for this model",
+        )
+    text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+    return str(text), False
+
+
+def multitask_items(
+    task: Task,
+    examples: Sequence[Example],
+    tokenizer: Any,
+    *,
+    chat: bool,
+    alpha: float,
+) -> list[list[SFTItem]]:
+    """One group of items per example (in order; a group may be empty).
+
+    * a ``"label"`` item when ``alpha < 1``: the plain instruction, target = the answer;
+    * a ``"rationale"`` item when ``alpha > 0`` and the example has a rationale: the
+      step-by-step instruction, target = ``"<rationale> So the answer is <answer>."``.
+
+    The two instructions differ and act as the task prefixes. Examples without a rationale
+    give only the label item. Plain prompts end in ``"Answer:"``, so their targets start with
+    a space (the same continuation that likelihood evaluation scores).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha = {alpha} is out of range", hint="alpha must be in [0, 1]")
+    groups: list[list[SFTItem]] = []
+    sep = "" if chat else " "
+    for ex in examples:
+        group: list[SFTItem] = []
+        if alpha < 1.0:
+            text, special = render_prompt(tokenizer, task.prompt(ex, chat=chat, cot=False))
+            group.append(SFTItem(text, sep + task.answer_text(ex), "label", special))
+        if alpha > 0.0 and (ex.rationale or "").strip():
+            text, special = render_prompt(tokenizer, task.prompt(ex, chat=chat, cot=True))
+            group.append(SFTItem(text, sep + task.target_text(ex, cot=True), "rationale", special))
+        groups.append(group)
+    return groups
+
+
+# --------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------
+
+
+class TrainConfig(BaseModel):
+    """How a client model is fine-tuned (the ``[train]`` table of a run config)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    alpha: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="weight of the rationale loss: loss = alpha·L_rationale + (1-alpha)·L_label",
+    )
+    method: Literal["lora", "full"] = Field(
+        "lora", description="'lora': train a LoRA adapter; 'full': train every weight"
+    )
+    lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    lora_targets: str | list[str] = Field(
+        "all-linear",
+        description="modules that get LoRA: 'all-linear', or module names such as "
+        "['q_proj', 'v_proj']",
+    )
+    epochs: float = Field(1.0, gt=0.0, description="passes over the training data")
+    max_steps: int | None = Field(
+        None, ge=1, description="optimizer steps; overrides epochs when set"
+    )
+    batch_size: int = Field(
+        4, ge=1, description="examples (groups of label + rationale sequences) per device step"
+    )
+    grad_accum: int = Field(1, ge=1, description="device steps accumulated per optimizer step")
+    learning_rate: float = Field(2e-4, gt=0.0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    warmup_ratio: float = Field(
+        0.0, ge=0.0, lt=1.0, description="fraction of the steps with linear warm-up"
+    )
+    max_length: int = Field(
+        384,
+        ge=8,
+        description="tokens per sequence; a longer prompt is cut from the left, the target kept",
+    )
+    logging_steps: int = Field(5, ge=1, description="log the losses every this many steps")
+    save_steps: int | None = Field(
+        None, ge=1, description="checkpoint every this many steps; None = at each epoch end"
+    )
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept (older ones deleted)")
+    eval_each_epoch: bool = Field(
+        True, description="evaluate the loss on the eval data after each epoch"
+    )
+    seed: int = Field(0, ge=0, description="seed of LoRA init, data order and dropout")
+
+    @field_validator("lora_targets")
+    @classmethod
+    def _targets(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, str):
+            if not v.strip():
+                raise ValueError("lora_targets is empty")
+            return v.strip()
+        names = [str(x).strip() for x in v]
+        if not names or not all(names):
+            raise ValueError("lora_targets needs at least one module name")
+        return names
+
+
+def default_loss_weights(alpha: float) -> dict[str, float]:
+    """``{"label": 1 - alpha, "rationale": alpha}``."""
+    return {"label": 1.0 - alpha, "rationale": alpha}
+
+
+# --------------------------------------------------------------------------------------
+# Tokenization and batching
+# --------------------------------------------------------------------------------------
+
+
+def _eos_id(tokenizer: Any) -> int:
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ConfigError(
+            "the tokenizer has no EOS token", hint="set tokenizer.eos_token before training"
+        )
+    return int(eos)
+
+
+def tokenize_item(item: SFTItem, tokenizer: Any, max_length: int) -> dict[str, Any]:
+    """``{"input_ids", "labels", "kind"}`` of one item: prompt + target + EOS.
+
+    Labels are ``-100`` on the prompt. When the sequence is longer than ``max_length`` the
+    prompt is cut from the left and the target kept; a target that alone does not fit keeps
+    its first ``max_length - 1`` tokens behind the last prompt token.
+    """
+    if max_length < 2:
+        raise ConfigError("max_length must be at least 2")
+    prompt = list(tokenizer(item.prompt, add_special_tokens=item.add_special_tokens)["input_ids"])
+    target = list(tokenizer(item.target, add_special_tokens=False)["input_ids"])
+    target.append(_eos_id(tokenizer))
+    if not prompt:  # nothing to condition on: start from EOS, as generation would
+        prompt = [_eos_id(tokenizer)]
+    if len(prompt) + len(target) > max_length:
+        target = target[: max_length - 1]
+        prompt = prompt[-(max_length - len(target)) :]
+    return {
+        "input_ids": prompt + target,
+        "labels": [IGNORE_INDEX] * len(prompt) + target,
+        "kind": item.kind,
+    }
+
+
+def tokenize_groups(
+    groups: Iterable[Sequence[SFTItem]], tokenizer: Any, max_length: int
+) -> list[list[dict[str, Any]]]:
+    """:func:`tokenize_item` over every item; empty groups are dropped."""
+    out = []
+    for group in groups:
+        seqs = [tokenize_item(it, tokenizer, max_length) for it in group]
+        if seqs:
+            out.append(seqs)
+    return out
+
+
+class MultiTaskCollator:
+    """Pads a list of groups into one batch of all their sequences.
+
+    Right padding; ``labels`` are ``-100`` on prompt and padding; ``kind_ids`` maps each
+    sequence to the index of its kind in ``kinds``.
+    """
+
+    def __init__(self, pad_token_id: int, kinds: Sequence[str]) -> None:
+        self.pad_token_id = int(pad_token_id)
+        self.kinds = list(kinds)
+        self._index = {k: i for i, k in enumerate(self.kinds)}
+
+    def __call__(self, groups: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+        import torch
+
+        seqs = [s for g in groups for s in g]
+        if not seqs:
+            raise ValueError("a batch without sequences")
+        width = max(len(s["input_ids"]) for s in seqs)
+        n = len(seqs)
+        ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+        kind_ids = torch.empty(n, dtype=torch.long)
+        for r, s in enumerate(seqs):
+            m = len(s["input_ids"])
+            ids[r, :m] = torch.tensor(s["input_ids"], dtype=torch.long)
+            mask[r, :m] = 1
+            labels[r, :m] = torch.tensor(s["labels"], dtype=torch.long)
+            try:
+                kind_ids[r] = self._index[s["kind"]]
+            except KeyError:
+                raise ConfigError(
+                    f"a sequence of kind {s['kind']!r} has no loss weight",
+                    hint=f"give a weight to each kind (known: {', '.join(self.kinds)})",
+                ) from None
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "kind_ids": kind_ids}
+
+
+# --------------------------------------------------------------------------------------
+# Loss
+# --------------------------------------------------------------------------------------
+
+
+def _accepts_logits_to_keep(model: Any) -> bool:
+    import inspect
+
+    inner = model
+    get_base = getattr(inner, "get_base_model", None)  # PeftModel
+    if callable(get_base):
+        inner = get_base()
+    try:
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _weighted_loss(
+    model: Any, inputs: Mapping[str, Any], weights: Any, use_logits_to_keep: bool
+) -> tuple[Any, dict[int, Any], Any]:
+    """(loss, {kind index: mean sequence CE}, outputs) of one collated batch."""
+    import torch
+    import torch.nn.functional as F
+
+    labels = inputs["labels"]
+    kind_ids = inputs["kind_ids"]
+    model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "kind_ids")}
+    width = labels.shape[1]
+    counted = labels.ne(IGNORE_INDEX)
+    rows = counted.any(dim=1)
+    # Only positions that predict a target token need logits: from the earliest target
+    # token minus one (a large saving with big vocabularies and long prompts).
+    first = int(counted[rows].float().argmax(dim=1).min()) if bool(rows.any()) else 1
+    start = max(first - 1, 0)
+    if use_logits_to_keep and start > 0:
+        outputs = model(**model_inputs, logits_to_keep=width - start)
+        logits = outputs.logits
+    else:
+        outputs = model(**model_inputs)
+        logits = outputs.logits[:, start:]
+    # logits[:, j] is position start + j and predicts token start + j + 1.
+    logits = logits[:, :-1].float()
+    targets = labels[:, start + 1 :]
+    token_ce = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(targets.shape)
+    n_tokens = targets.ne(IGNORE_INDEX).sum(dim=1)
+    seq_ce = token_ce.sum(dim=1) / n_tokens.clamp(min=1)
+    has_target = n_tokens > 0
+    loss = logits.new_zeros(())
+    per_kind: dict[int, Any] = {}
+    for k in torch.unique(kind_ids[has_target]).tolist():
+        sel = (kind_ids == k) & has_target
+        mean_k = seq_ce[sel].mean()
+        per_kind[int(k)] = mean_k
+        loss = loss + weights[int(k)] * mean_k
+    return loss, per_kind, outputs
+
+
+# --------------------------------------------------------------------------------------
+# transformers subclasses (built on first access: importing transformers takes seconds)
+# --------------------------------------------------------------------------------------
+
+_HF_CLASSES = ("MultiTaskArguments", "MultiTaskTrainer")
+
+
+def _hf_classes() -> tuple[Any, Any]:
+    """(MultiTaskArguments, MultiTaskTrainer), defined on the first call."""
+    if "MultiTaskTrainer" in globals():
+        return globals()["MultiTaskArguments"], globals()["MultiTaskTrainer"]
+    from dataclasses import field as _field
+
+    import transformers
+
+    @dataclass
+    class MultiTaskArguments(transformers.TrainingArguments):
+        """TrainingArguments plus the per-kind loss weights and the sequence length."""
+
+        loss_weights: dict[str, float] = _field(
+            default_factory=lambda: {"label": 0.5, "rationale": 0.5},
+            metadata={"help": "loss weight of each sequence kind"},
+        )
+        max_length: int = _field(default=384, metadata={"help": "tokens per sequence"})
+
+    class MultiTaskTrainer(transformers.Trainer):
+        """Trainer whose loss is the weighted sum of per-kind mean sequence cross-entropies.
+
+        Batches come from :class:`MultiTaskCollator`. The model never sees ``labels``: the
+        loss is computed here, so the weighting is exact. The loss is a per-batch mean, so
+        the Trainer divides it by the gradient-accumulation steps. Per-kind losses appear
+        in the log history as ``loss_<kind>`` (training) and ``eval_loss_<kind>``.
+        """
+
+        loss_is_scaled_for_ga = False
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # The loss ignores num_items_in_batch; this skips counting label tokens.
+            self.model_accepts_loss_kwargs = False
+            weights = getattr(self.args, "loss_weights", None) or {"label": 0.5, "rationale": 0.5}
+            self.kinds: list[str] = list(weights)
+            self.kind_weights: list[float] = [float(weights[k]) for k in self.kinds]
+            self._use_logits_to_keep = _accepts_logits_to_keep(self.model)
+            self._kind_sums: dict[str, dict[int, list[float]]] = {"train": {}, "eval": {}}
+
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: dict[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            loss, per_kind, outputs = _weighted_loss(
+                model, inputs, self.kind_weights, self._use_logits_to_keep
+            )
+            sums = self._kind_sums["train" if model.training else "eval"]
+            for k, v in per_kind.items():
+                acc = sums.setdefault(k, [0.0, 0])
+                acc[0] += float(v.detach())
+                acc[1] += 1
+            return (loss, outputs) if return_outputs else loss
+
+        def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+            self._kind_sums["eval"] = {}
+            return super().evaluate(*args, **kwargs)
+
+        def _flush(self, phase: str, prefix: str, logs: dict[str, float]) -> None:
+            for k, (total, count) in sorted(self._kind_sums[phase].items()):
+                if count:
+                    logs[f"{prefix}{self.kinds[k]}"] = round(total / count, 6)
+            self._kind_sums[phase] = {}
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "loss" in logs:
+                self._flush("train", "loss_", logs)
+            if "eval_loss" in logs:
+                self._flush("eval", "eval_loss_", logs)
+            super().log(logs, start_time)
+
+    MultiTaskArguments.__module__ = MultiTaskTrainer.__module__ = __name__
+    MultiTaskArguments.__qualname__ = "MultiTaskArguments"
+    MultiTaskTrainer.__qualname__ = "MultiTaskTrainer"
+    globals()["MultiTaskArguments"] = MultiTaskArguments
+    globals()["MultiTaskTrainer"] = MultiTaskTrainer
+    return MultiTaskArguments, MultiTaskTrainer
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HF_CLASSES:
+        _hf_classes()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_multitask` produced."""
+
+    model: Any
+    """The trained model (a PeftModel for LoRA), in eval mode."""
+    output_dir: Path
+    adapter_dir: Path
+    """Final save: LoRA adapter (or full model) + tokenizer."""
+    steps: int
+    seconds: float
+    log_history: list[dict]
+    resumed_from: str | None
+
+    def losses(self, key: str = "loss") -> list[float]:
+        """The logged values of ``key`` (``"loss"``, ``"loss_rationale"``, ``"eval_loss"``)."""
+        return [float(h[key]) for h in self.log_history if key in h]
+
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        step = p.name[len(CHECKPOINT_PREFIX) :]
+        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and step.isdigit():
+            found.append((int(step), p))
+    return [p for _, p in sorted(found)]
+
+
+def _last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint the Trainer finished writing (its trainer_state.json is last)."""
+    last = None
+    for p in _checkpoints(folder):
+        if (p / "trainer_state.json").is_file():
+            last = p
+        else:
+            logger.warning("ignoring incomplete checkpoint %s", p)
+    return last
+
+
+@contextmanager
+def _preserve_rng() -> Any:
+    """Restore the global python, numpy and torch RNG states afterwards."""
+    import numpy as np
+    import torch
+
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+def _prepare_data(
+    groups: Sequence[Sequence[SFTItem]], weights: Mapping[str, float], what: str
+) -> list[list[SFTItem]]:
+    """Drop items whose kind has weight 0 (and the groups left empty); check the rest."""
+    kept: list[list[SFTItem]] = []
+    for group in groups:
+        for it in group:
+            if it.kind not in weights:
+                raise ConfigError(
+                    f"{what} holds items of kind {it.kind!r}, which has no loss weight",
+                    hint=f"add a weight for {it.kind!r} to loss_weights "
+                    f"(now: {', '.join(weights) or 'none'})",
+                )
+        g = [it for it in group if weights[it.kind] > 0]
+        if g:
+            kept.append(g)
+    return kept
+
+
+def _progress_enabled(progress: bool) -> bool:
+    return progress and os.environ.get("FEDCOT_PROGRESS", "1") != "0"
+
+
+def train_multitask(
+    model: Any,
+    tokenizer: Any,
+    groups: Sequence[Sequence[SFTItem]],
+    cfg: TrainConfig,
+    output_dir: str | os.PathLike[str],
+    *,
+    loss_weights: Mapping[str, float] | None = None,
+    eval_groups: Sequence[Sequence[SFTItem]] | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Any] = (),
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune ``model`` on ``groups`` with the weighted multi-task loss.
+
+    ``loss_weights`` defaults to ``{"label": 1 - alpha, "rationale": alpha}``; kinds with
+    weight 0 are dropped from the data. LoRA (``cfg.method = "lora"``) or full fine-tuning
+    on CPU. Checkpoints go to ``output_dir/checkpoints``; ``resume`` continues from the last
+    complete one there (a fresh run clears old ones). The final model (LoRA adapter, or the
+    full model) and the tokenizer are saved to ``output_dir/adapter``.
+    """
+    weights = {
+        str(k): float(v) for k, v in (loss_weights or default_loss_weights(cfg.alpha)).items()
+    }
+    for k, v in weights.items():
+        if not math.isfinite(v) or v < 0:
+            raise ConfigError(
+                f"loss weight of {k!r} is {v}", hint="loss weights must be finite and >= 0"
+            )
+    if not any(len(g) for g in groups):
+        raise ConfigError(
+            "no training items", hint="give training examples (and check the data filters)"
+        )
+    data = _prepare_data(groups, weights, "the training data")
+    present = {it.kind for g in data for it in g}
+    for kind, w in weights.items():
+        if w > 0 and kind not in present:
+            if kind == "rationale":
+                raise ConfigError(
+                    f"the rationale loss has weight {w}, but no training example has a rationale",
+                    hint="give examples rationales or set alpha = 0",
+                )
+            logger.warning("loss kind %r has weight %s but no training items", kind, w)
+    if not data:
+        raise ConfigError(
+            "no training items with a positive loss weight",
+            hint="check alpha / loss_weights against the kinds of the items",
+        )
+    kinds = [k for k, w in weights.items() if w > 0]
+    active = {k: weights[k] for k in kinds}
+    eval_data = _prepare_data(eval_groups, weights, "the eval data") if eval_groups else []
+
+    out = Path(output_dir)
+    ckpt_dir = out / "checkpoints"
+    adapter_dir = out / "adapter"
+    resume_from: Path | None = None
+    if resume:
+        resume_from = _last_complete_checkpoint(ckpt_dir)
+        if resume_from is None:
+            logger.warning("no checkpoint in %s: training starts fresh", ckpt_dir)
+    for p in _checkpoints(ckpt_dir):
+        # Old checkpoints of another run (or unfinished ones) would confuse the rotation
+        # and a later resume.
+        if resume_from is None or int(p.name[len(CHECKPOINT_PREFIX) :]) > int(
+            resume_from.name[len(CHECKPOINT_PREFIX) :]
+        ):
+            shutil.rmtree(p, ignore_errors=True)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_ds = tokenize_groups(data, tokenizer, cfg.max_length)
+    eval_ds = tokenize_groups(eval_data, tokenizer, cfg.max_length) if eval_data else None
+
+    arguments_cls, trainer_cls = _hf_classes()
+    import torch
+    from transformers import PrinterCallback
+
+    t0 = time.perf_counter()
+    with _preserve_rng():
+        torch.manual_seed(cfg.seed)  # LoRA initialisation
+        if cfg.method == "lora":
+            from fedcot.train.lora import apply_lora
+
+            model = apply_lora(model, cfg)
+        else:
+            model.requires_grad_(True)
+        evaluating = eval_ds is not None
+        show = _progress_enabled(progress)
+        args = arguments_cls(
+            output_dir=str(ckpt_dir),
+            loss_weights=active,
+            max_length=cfg.max_length,
+            per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum,
+            learning_rate=cfg.learning_rate,
+            weight_decay=cfg.weight_decay,
+            warmup_steps=cfg.warmup_ratio,  # transformers 5: a value < 1 is a ratio
+            num_train_epochs=cfg.epochs,
+            max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
+            logging_strategy="steps",
+            logging_steps=cfg.logging_steps,
+            save_strategy="steps" if cfg.save_steps else "epoch",
+            save_steps=cfg.save_steps or 500,
+            save_total_limit=cfg.save_total_limit,
+            eval_strategy="epoch" if evaluating and cfg.eval_each_epoch else "no",
+            prediction_loss_only=True,
+            label_names=["labels"],
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            use_cpu=True,
+            report_to="none",
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=False,
+            disable_tqdm=not show,
+        )
+        trainer = trainer_cls(
+            model=model,
+            args=args,
+            data_collator=MultiTaskCollator(tokenizer.pad_token_id, kinds),
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            callbacks=list(callbacks),
+        )
+        if not show:
+            trainer.remove_callback(PrinterCallback)  # it prints every log dict
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if evaluating and not cfg.eval_each_epoch:
+            trainer.evaluate()
+    model = trainer.model
+    model.eval()
+    adapter_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    return TrainResult(
+        model=model,
+        output_dir=out,
+        adapter_dir=adapter_dir,
+        steps=int(trainer.state.global_step),
+        seconds=round(time.perf_counter() - t0, 2),
+        log_history=list(trainer.state.log_history),
+        resumed_from=str(resume_from) if resume_from else None,
+    )
