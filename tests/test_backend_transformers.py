@@ -164,8 +164,20 @@ def _shared_calls(be: TransformersBackend, monkeypatch) -> list[int]:
 CANDIDATES = [" five.", " (c) wooded area", " b", " entailment neutral", " 1000 + 3 = 1003 ."]
 
 
+@pytest.fixture(params=["wide", "narrow"])
+def chunking(request, monkeypatch):
+    """Candidate passes as the backend chunks them, and with a single row where possible
+    (many passes over each prompt's cache)."""
+    from fedcot.models.backends import transformers as tb
+
+    if request.param == "narrow":
+        monkeypatch.setattr(tb, "_CACHE_ROW_TOKENS", 1)
+        monkeypatch.setattr(tb, "_CHUNK_TOKENS", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("batch_size", [1, 3])
-def test_cached_scores_equal_uncached_plain(tiny, batch_size, monkeypatch):
+def test_cached_scores_equal_uncached_plain(tiny, batch_size, chunking, monkeypatch):
     model, tok = tiny
     be = TransformersBackend(model, tok, batch_size=batch_size)
     calls = _shared_calls(be, monkeypatch)
@@ -180,7 +192,7 @@ def test_cached_scores_equal_uncached_plain(tiny, batch_size, monkeypatch):
     assert got == pytest.approx(_uncached(be, reqs), abs=1e-4)
 
 
-def test_cached_scores_equal_uncached_chat_interleaved(tiny, monkeypatch):
+def test_cached_scores_equal_uncached_chat_interleaved(tiny, chunking, monkeypatch):
     model, tok = tiny
     be = TransformersBackend(model, tok, batch_size=3)
     calls = _shared_calls(be, monkeypatch)
@@ -222,10 +234,10 @@ def test_boundary_merge_falls_back_to_whole_sequence(tiny, monkeypatch):
     assert got[1:] == pytest.approx(_uncached(be, reqs[1:]), abs=1e-4)
 
 
-def test_cache_is_not_mutated_between_candidates(tiny):
+def test_cache_is_not_mutated_between_candidates(tiny, chunking):
     model, tok = tiny
     be = TransformersBackend(model, tok, batch_size=4)
-    # Many candidates per prompt: chunks of batch_size rows all reuse the prompt cache.
+    # Many candidates per prompt, in one or many passes over the same prompt cache.
     reqs = [(PROMPTS[2], c) for c in CANDIDATES * 3] + [(PROMPTS[0], c) for c in CANDIDATES]
     got = be.loglikelihood(reqs)
     assert got[:5] == got[5:10] == got[10:15]
@@ -271,7 +283,7 @@ def _tiny_gemma3(sliding_window: int = 4):
     return Gemma3ForCausalLM(cfg).eval(), tok
 
 
-def test_cached_scores_equal_uncached_gemma3_sliding_window(monkeypatch):
+def test_cached_scores_equal_uncached_gemma3_sliding_window(chunking, monkeypatch):
     model, tok = _tiny_gemma3(sliding_window=4)
     be = TransformersBackend(model, tok, batch_size=3)
     calls = _shared_calls(be, monkeypatch)

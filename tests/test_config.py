@@ -122,3 +122,16 @@ def test_generation_params_validation():
         GenerationParams(top_p=0)
     with pytest.raises(ValueError):
         GenerationParams(unknown=1)  # type: ignore[call-arg]
+
+
+def test_example_distill_configs_are_valid():
+    from pathlib import Path
+
+    from fedcot.cot.config import DistillConfig
+
+    folder = Path(__file__).resolve().parents[1] / "examples"
+    paths = sorted(folder.glob("distill-*.toml"))
+    assert len(paths) >= 2
+    for path in paths:
+        cfg = load_config(DistillConfig, path)
+        assert cfg.train.alpha == 0.5

@@ -9,6 +9,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from fedcot.config import BackendConfig, DemoConfig, EvalConfig, load_config
+from fedcot.cot.client import DistillResult, run_distill
+from fedcot.cot.config import DistillConfig
 from fedcot.errors import (
     BackendError,
     ConfigError,
@@ -33,6 +35,8 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DemoConfig",
+    "DistillConfig",
+    "DistillResult",
     "EvalConfig",
     "FedcotError",
     "GenerationParams",
@@ -42,4 +46,5 @@ __all__ = [
     "__version__",
     "load_config",
     "make_backend",
+    "run_distill",
 ]

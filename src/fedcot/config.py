@@ -103,18 +103,18 @@ class DemoConfig(_Strict):
     teacher: BackendConfig = Field(
         default_factory=lambda: BackendConfig(model="gemma3-270m", batch_size=8)
     )
-    records: int = Field(32, ge=2, le=10000, description="private training records")
-    test_records: int = Field(16, ge=1, le=10000, description="held-out records to evaluate")
+    records: int = Field(24, ge=2, le=10000, description="private training records")
+    test_records: int = Field(12, ge=1, le=10000, description="held-out records to evaluate")
     privacy: PerturbConfig = Field(default_factory=PerturbConfig)
     seed: int = 0
     generation: GenerationParams = Field(
-        default_factory=lambda: GenerationParams(max_new_tokens=64),
+        default_factory=lambda: GenerationParams(max_new_tokens=48),
         description="the teacher's generation parameters (rationales)",
     )
     eval_generation: GenerationParams = Field(
         default_factory=lambda: GenerationParams(max_new_tokens=16)
     )
-    train_steps: int = Field(16, ge=1, description="LoRA steps of the student")
+    train_steps: int = Field(12, ge=1, description="LoRA steps of the student")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the rationale loss")
     output_dir: Path = Path("runs/demo")
 

@@ -100,18 +100,32 @@ def run_demo(
     )
     result = run_distill(dcfg, resume=resume, console=console)
 
-    # What did the server receive? Exactly the prompts in the response cache.
+    # What did the server receive? Exactly the prompts in the response cache. Each record's
+    # spans are checked against the prompt about that record (short values such as an age
+    # of 34 also occur in the public worked examples, or as another unit's stand-in).
+    from fedcot.cot.client import perturbed_input
+    from fedcot.data.tasks import get_task
+    from fedcot.models.backends.replay import example_block
+
+    task = get_task("private-records")
     cache_rows = [
         json.loads(line)
         for line in (cfg.output_dir / "server_cache.jsonl").read_text().splitlines()
         if line.strip()
     ]
-    received = "\n\n".join(
-        r["prompt"] if isinstance(r["prompt"], str) else json.dumps(r["prompt"]) for r in cache_rows
-    )
+    received = {example_block(r["prompt"]) for r in cache_rows}
+    pert_rows = [
+        json.loads(line)
+        for line in (cfg.output_dir / "client_private" / "perturbations.jsonl")
+        .read_text()
+        .splitlines()
+    ]
     leaked = total = 0
-    for r in records:
-        a, b = verbatim_leakage(r.question, received, r.meta["spans"])
+    for r, p in zip(records, pert_rows):
+        block = perturbed_input(task, r, p["text"])
+        if block not in received:
+            raise RuntimeError(f"the server never received the prompt of record {r.id}")
+        a, b = verbatim_leakage(r.question, block, r.meta["spans"])
         leaked += a
         total += b
     example = cache_rows[0]
@@ -146,7 +160,8 @@ def run_demo(
         )
     table.add_row(
         "leak check",
-        f"{leaked} of {total} sensitive spans appear verbatim in what the server received"
+        f"{leaked} of {total} sensitive spans appear verbatim in the prompt the server "
+        "received about their record"
         + (" ✓" if leaked == 0 else " ✗"),
     )
     table.add_row("time", f"{time.perf_counter() - t0:.0f} s")

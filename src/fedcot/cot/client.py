@@ -189,7 +189,7 @@ def _fields(ex: Example) -> list[str]:
     return [*out, ex.question, *ex.choices]
 
 
-def _field_text(task: Task, ex: Example) -> str:
+def field_text(task: Task, ex: Example) -> str:
     """The private fields of ``ex`` (premise, question, choices), one per line.
 
     They are perturbed as one text, so a name that occurs in the question and in a choice
@@ -199,7 +199,7 @@ def _field_text(task: Task, ex: Example) -> str:
     return "\n".join(" ".join(f.split()) for f in _fields(ex))
 
 
-def _perturbed_input(task: Task, ex: Example, perturbed: str) -> str:
+def perturbed_input(task: Task, ex: Example, perturbed: str) -> str:
     """``task.input_text`` of ``ex`` with its fields replaced by their perturbed lines."""
     lines = perturbed.split("\n")
     n = len(_fields(ex))
@@ -382,6 +382,10 @@ def run_distill(
         shots = fewshot_examples(task, cfg.fewshot)
         originals = [task.input_text(ex) for ex in train]
         stats = AskStats()
+        params = cfg.generation
+        if not srv.supports_chat:
+            # A plain few-shot prompt: the answer ends where the next example would begin.
+            params = params.model_copy(update={"stop": (*params.stop, *task.stop)})
 
         def ask_texts(texts: Sequence[str], label: str) -> list[str]:
             prompts = [server_prompt(task, t, chat=srv.supports_chat, shots=shots) for t in texts]
@@ -389,7 +393,7 @@ def run_distill(
                 answers = ask_cached(
                     srv,
                     prompts,
-                    cfg.generation,
+                    params,
                     cache,
                     batch_size=cfg.server.batch_size,
                     progress=advance,
@@ -406,18 +410,18 @@ def run_distill(
             privacy_info["guarantee"] = "none (learned encoder; see docs/privacy.md)"
         elif resume and run.perturbations.exists():
             perturbations = [_perturbation_from_row(r) for r in _read_jsonl(run.perturbations)]
-            fields = [_field_text(task, ex) for ex in train]
+            fields = [field_text(task, ex) for ex in train]
             if [p.original for p in perturbations] != fields:  # type: ignore[union-attr]
                 raise ConfigError(
                     f"{run.perturbations} does not match the training data",
                     hint="the data changed since the run started; use a new output_dir",
                 )
-            sent = [_perturbed_input(task, ex, p.text) for ex, p in zip(train, perturbations)]  # type: ignore[union-attr]
+            sent = [perturbed_input(task, ex, p.text) for ex, p in zip(train, perturbations)]  # type: ignore[union-attr]
         else:
             perturber = Perturber.from_config(cfg.privacy)
-            fields = [_field_text(task, ex) for ex in train]
+            fields = [field_text(task, ex) for ex in train]
             perturbations = list(perturber.perturb(fields, [ex.id for ex in train]))
-            sent = [_perturbed_input(task, ex, p.text) for ex, p in zip(train, perturbations)]  # type: ignore[union-attr]
+            sent = [perturbed_input(task, ex, p.text) for ex, p in zip(train, perturbations)]  # type: ignore[union-attr]
             _write_jsonl(run.perturbations, [_perturbation_row(p) for p in perturbations])  # type: ignore[arg-type]
             if cfg.strategy != "none":
                 perturber.accountant.save(run.ledger)

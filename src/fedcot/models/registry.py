@@ -247,7 +247,10 @@ def load_model(
     """Load a causal LM and its tokenizer (float32 on CPU by default), preparing it if needed."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # A per-tensor "Loading weights" bar for a one-second load is noise in our output.
+    hf_logging.disable_progress_bar()
     folder = prepare(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)

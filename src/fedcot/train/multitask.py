@@ -533,6 +533,65 @@ def _prepare_data(
     return kept
 
 
+def _rich_progress_callback_cls() -> Any:
+    from transformers import TrainerCallback
+
+    class RichProgress(TrainerCallback):
+        """A rich progress bar over optimiser steps, showing the latest losses."""
+
+        def __init__(self) -> None:
+            self._progress: Any = None
+            self._task: Any = None
+
+        def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            from fedcot.progress import console
+
+            self._progress = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.description}"),
+                console=console,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(
+                "", total=state.max_steps, completed=state.global_step
+            )
+
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if self._progress is not None:
+                self._progress.update(self._task, completed=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+            if self._progress is not None and logs:
+                shown = {k: v for k, v in logs.items() if k.startswith(("loss", "eval_loss"))}
+                text = "  ".join(f"{k} {v:.3f}" for k, v in shown.items())
+                self._progress.update(self._task, description=text)
+
+        def on_train_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if self._progress is not None:
+                self._progress.stop()
+                self._progress = None
+
+    return RichProgress
+
+
+def _rich_progress() -> Any:
+    return _rich_progress_callback_cls()()
+
+
 def _progress_enabled(progress: bool) -> bool:
     return progress and os.environ.get("FEDCOT_PROGRESS", "1") != "0"
 
@@ -653,7 +712,7 @@ def train_multitask(
             remove_unused_columns=False,
             dataloader_num_workers=0,
             dataloader_pin_memory=False,
-            disable_tqdm=not show,
+            disable_tqdm=True,
         )
         trainer = trainer_cls(
             model=model,
@@ -662,10 +721,14 @@ def train_multitask(
             train_dataset=train_ds,
             eval_dataset=eval_ds,
             processing_class=tokenizer,
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, _rich_progress()] if show else list(callbacks),
         )
-        if not show:
-            trainer.remove_callback(PrinterCallback)  # it prints every log dict
+        # transformers prints every log dict (PrinterCallback, or its tqdm bar's on_log);
+        # our own bar shows the step and the latest losses instead.
+        from transformers import ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         if evaluating and not cfg.eval_each_epoch:
             trainer.evaluate()

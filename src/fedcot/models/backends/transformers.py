@@ -29,10 +29,31 @@ if TYPE_CHECKING:
 ProgressFn = Callable[[int], None]
 T = TypeVar("T")
 
+# Continuations scored on a prompt cache run in chunks of rows whose cache copies hold at
+# most batch_size * _CACHE_ROW_TOKENS prompt tokens (yet at least batch_size rows) and whose
+# padded inputs hold at most _CHUNK_TOKENS tokens (yet at least one row).
+_CACHE_ROW_TOKENS = 1024
+_CHUNK_TOKENS = 128
+
 
 def _batches(order: Sequence[T], size: int) -> Iterator[list[T]]:
     for i in range(0, len(order), size):
         yield list(order[i : i + size])
+
+
+def _runs(
+    items: Sequence[tuple[int, int, list[int]]], max_rows: int, max_tokens: int
+) -> Iterator[list[tuple[int, int, list[int]]]]:
+    """Consecutive runs of ``items`` (longest continuation first) of at most ``max_rows``
+    rows and, past the first row, at most ``max_tokens`` padded input tokens."""
+    run: list[tuple[int, int, list[int]]] = []
+    for item in items:
+        if run and (len(run) >= max_rows or (len(run) + 1) * (len(run[0][2]) - 1) > max_tokens):
+            yield run
+            run = []
+        run.append(item)
+    if run:
+        yield run
 
 
 def _can_select_rows(cache: Any) -> bool:
@@ -354,7 +375,8 @@ class TransformersBackend(Backend):
         position gives every continuation's first token. The remaining tokens run on top of
         a per-row copy of that cache: continuation rows are right padded after their
         prompt, so each row's real tokens stay contiguous and its positions continue from
-        its prompt's length. Continuations go ``batch_size`` rows at a time.
+        its prompt's length (see ``_CACHE_ROW_TOKENS`` and ``_CHUNK_TOKENS`` for how many
+        rows share a forward pass).
         """
         import torch
 
@@ -398,9 +420,11 @@ class TransformersBackend(Backend):
                     n_requests += 1
                     if len(cont) > 1:
                         rest.append((r, i, cont))
-            # Longest first, so a chunk pads little.
+            # Longest first, so a chunk pads little. Several rows share a forward pass (tiny
+            # passes use the CPU poorly) while their padded inputs and cache copies stay small.
             rest.sort(key=lambda item: -len(item[2]))
-            for chunk in _batches(rest, self.batch_size):
+            max_rows = max(self.batch_size, self.batch_size * _CACHE_ROW_TOKENS // width)
+            for chunk in _runs(rest, max_rows, _CHUNK_TOKENS):
                 # Feed all but the last token; position k predicts token k + 1.
                 span = max(len(cont) for _, _, cont in chunk) - 1
                 cont_ids = torch.full((len(chunk), span), pad, dtype=torch.long)
