@@ -321,3 +321,42 @@ lora_r = 4
     assert not set(after) & answered, "the resumed run re-asked answered prompts"
     assert len(RationaleCache(cache_file)) == 10
     assert json.loads((run_dir / "metrics.json").read_text())["server"]["asked"] == len(after)
+
+
+def test_replay_teacher_with_filter_drops_disagreeing_rationales(tmp_path, tiny_dir):
+    """strategy none + replay: recorded rationales; the filter drops the two whose recorded
+    conclusion is wrong, and the count is reported."""
+    rows = []
+    for i in range(6):
+        choices = [f"thing{i}{c}" for c in "abcde"]
+        wrong = i in (1, 4)
+        rows.append(
+            Example(
+                f"q{i}",
+                f"Where is item {i} kept?",
+                choices[0],
+                choices,
+                rationale=f"Item {i} is usually kept there.",
+                rationale_label=choices[1] if wrong else choices[0],
+            )
+        )
+    data = write_jsonl(rows, tmp_path / "cqa_rat.jsonl")
+    cfg = _cfg(
+        tmp_path,
+        tiny_dir,
+        data,
+        strategy="none",
+        server={"kind": "replay", "model": "palm"},
+        filter=True,
+        privacy={},
+    )
+    res = run_distill(cfg, progress=False)
+    assert res.rationales["requested"] == 6
+    assert res.rationales["agree_with_gold"] == 4 and res.rationales["kept"] == 4
+    assert res.train["with_rationale"] == 4
+    kept = [
+        json.loads(x)
+        for x in (Path(res.run_dir) / "client_private/rationales.jsonl").read_text().splitlines()
+    ]
+    assert [r["kept"] for r in kept] == [True, False, True, True, False, True]
+    assert kept[0]["rationale"] == "Item 0 is usually kept there."

@@ -338,3 +338,24 @@ def test_example_dict_round_trip():
     assert ex.id == "3" and ex.label == "4" and ex.meta == {"extra": 1}
     with pytest.raises(DataError):
         Example.from_dict({"question": "q"})
+
+
+def test_multiple_choice_text_answer_style():
+    from fedcot.data.tasks import MultipleChoiceTask
+
+    ex = Example("1", "Where do trees grow?", "forest", ["ocean", "forest", "desert"])
+    letter = get_task("cqa")
+    text = get_task("cqa", answer_style="text")
+    assert isinstance(text, MultipleChoiceTask) and text.num_choices == 5
+    assert letter.answer_text(ex) == "(b) forest" and text.answer_text(ex) == "forest"
+    assert text.candidates(ex) == ["ocean", "forest", "desert"]
+    assert text.candidate_label(ex, 1) == "forest"
+    assert "text of the correct choice" in text.instruction()
+    assert "<choice text>" in text.instruction(cot=True)
+    target = text.target_text(Example(**{**ex.to_dict(), "rationale": "Trees need soil."}), cot=True)
+    assert target == "Trees need soil. So the answer is forest."
+    assert text.extract_answer(target, ex) == "forest"
+    # Non-MC tasks ignore the style; an unknown style is an error.
+    assert get_task("esnli", answer_style="text").kind == "nli"
+    with pytest.raises(ConfigError):
+        MultipleChoiceTask("x", answer_style="emoji")

@@ -161,8 +161,7 @@ def run_demo(
     table.add_row(
         "leak check",
         f"{leaked} of {total} sensitive spans appear verbatim in the prompt the server "
-        "received about their record"
-        + (" ✓" if leaked == 0 else " ✗"),
+        "received about their record" + (" ✓" if leaked == 0 else " ✗"),
     )
     table.add_row("time", f"{time.perf_counter() - t0:.0f} s")
     console.print(table)

@@ -311,7 +311,7 @@ def run_distill(
     run.save_state(state)
     timings: dict[str, float] = dict(state.get("timings", {}))
 
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, answer_style=cfg.answer_style)
     t0 = time.perf_counter()
     recorded, test = load_examples(cfg, task)
     train = [_without_rationale(ex) for ex in recorded]  # the client's data has no rationales
@@ -407,7 +407,8 @@ def run_distill(
         if cfg.strategy == "encoder-decoder":
             encdec, sent = _encoder_decoder(cfg, task, student, run, ask_texts, originals, resume)
             perturbations = [None] * len(train)
-            privacy_info["guarantee"] = "none (learned encoder; see docs/privacy.md)"
+            privacy_info["guarantee"] = "none (learned encoder; see docs/fedcot.md)"
+            privacy_info["encoder"] = encdec.stats_dict()
         elif resume and run.perturbations.exists():
             perturbations = [_perturbation_from_row(r) for r in _read_jsonl(run.perturbations)]
             fields = [field_text(task, ex) for ex in train]
@@ -579,7 +580,9 @@ def _encoder_decoder(
     from fedcot.models.registry import load_model
 
     ed = cfg.encoder_decoder
-    public_task = get_task(ed.public_task) if ed.public_task else task
+    public_task = (
+        get_task(ed.public_task, answer_style=cfg.answer_style) if ed.public_task else task
+    )
     public = load_dataset(ed.public_data, public_task, ed.public_split, limit=ed.public_limit)
     perturber = Perturber.from_config(ed.mechanism)
     # A separate copy of the client's base model: its LoRA is not the student's.

@@ -35,6 +35,11 @@ class DistillConfig(_Strict):
     server: BackendConfig = Field(
         default_factory=lambda: BackendConfig(model="gemma3-270m", batch_size=4)
     )
+    answer_style: Literal["text", "letter"] = Field(
+        "text",
+        description="multiple choice: the label target is the choice text ('text') or "
+        "'(c) choice text' ('letter'); a small model learns the text far better",
+    )
     strategy: Literal["exponential", "adaptive", "encoder-decoder", "none"] = "adaptive"
     privacy: PerturbConfig = Field(
         default_factory=PerturbConfig,

@@ -467,10 +467,23 @@ class MultipleChoiceTask(Task):
 
     kind = "multiple-choice"
 
-    def __init__(self, name: str = "multiple-choice", num_choices: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "multiple-choice",
+        num_choices: int | None = None,
+        answer_style: str = "letter",
+    ) -> None:
         super().__init__(name)
         #: When set, every example must have exactly this many choices.
         self.num_choices = num_choices
+        if answer_style not in ("letter", "text"):
+            raise ConfigError(
+                f"unknown answer style {answer_style!r}", hint="use 'letter' or 'text'"
+            )
+        #: ``"letter"``: answers are written ``"(c) wooded area"``; ``"text"``: the choice
+        #: text alone, ``"wooded area"`` (a small model learns it far more easily, since the
+        #: letter carries no meaning of its own).
+        self.answer_style = answer_style
 
     def input_text(self, ex: Example) -> str:
         """``"Question: ...\\nAnswer choices:\\n(a) ...\\n(b) ..."``."""
@@ -480,6 +493,13 @@ class MultipleChoiceTask(Task):
 
     def instruction(self, *, cot: bool = False) -> str:
         """The multiple-choice instruction (letter answer, or reasoning then the answer)."""
+        if self.answer_style == "text":
+            if cot:
+                return (
+                    "Answer the multiple-choice question. Think step by step, then end with "
+                    '"So the answer is <choice text>."'
+                )
+            return "Answer the multiple-choice question with the text of the correct choice."
         if cot:
             return (
                 "Answer the multiple-choice question. Think step by step, then end with "
@@ -500,10 +520,14 @@ class MultipleChoiceTask(Task):
     def answer_text(self, ex: Example) -> str:
         """``"(c) wooded area"``."""
         i = self._index(ex)
+        if self.answer_style == "text":
+            return ex.choices[i]
         return f"({_LETTERS[i]}) {ex.choices[i]}"
 
     def candidates(self, ex: Example) -> list[str]:
-        """Every choice in answer-text form: ``["(a) ...", "(b) ...", ...]``."""
+        """Every choice in answer form: ``["(a) ...", "(b) ...", ...]`` (or the bare texts)."""
+        if self.answer_style == "text":
+            return list(ex.choices)
         return [f"({_LETTERS[i]}) {c}" for i, c in enumerate(ex.choices)]
 
     def candidate_label(self, ex: Example, i: int) -> str:
@@ -913,9 +937,10 @@ _FACTORIES: dict[str, Callable[[], Task]] = {
 TASK_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, *, answer_style: str | None = None) -> Task:
     """A fresh task by preset name (case-insensitive; ``_`` and ``-`` are interchangeable).
 
+    ``answer_style`` (multiple-choice tasks): ``"letter"`` (default) or ``"text"``.
     Raises :class:`ConfigError` listing the valid names for an unknown name.
     """
     key = str(name).strip().lower().replace("_", "-")
@@ -925,4 +950,7 @@ def get_task(name: str) -> Task:
             f"unknown task {name!r}",
             hint=f"valid task names: {', '.join(TASK_NAMES)}",
         )
-    return factory()
+    task = factory()
+    if answer_style is not None and isinstance(task, MultipleChoiceTask):
+        return MultipleChoiceTask(task.name, task.num_choices, answer_style)
+    return task
