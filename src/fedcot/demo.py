@@ -120,14 +120,21 @@ def run_demo(
         .read_text()
         .splitlines()
     ]
-    leaked = total = 0
+    leaked = total = coincidences = 0
     for r, p in zip(records, pert_rows):
         block = perturbed_input(task, r, p["text"])
         if block not in received:
             raise RuntimeError(f"the server never received the prompt of record {r.id}")
-        a, b = verbatim_leakage(r.question, block, r.meta["spans"])
-        leaked += a
-        total += b
+        # Stand-ins the mechanism drew for *other* units ("3120" → "44") can equal a short
+        # span ("44", an age) by chance; that is not the original passing through.
+        drawn = {u["output"] for u in p["units"] if u["output"] != u["original"]}
+        for sp in r.meta["spans"]:
+            total += 1
+            if verbatim_leakage(r.question, block, [sp])[0]:
+                if sp["text"] in drawn:
+                    coincidences += 1
+                else:
+                    leaked += 1
     example = cache_rows[0]
     shown = example["prompt"] if isinstance(example["prompt"], str) else example["prompt"][-1]
     console.print(
@@ -161,7 +168,13 @@ def run_demo(
     table.add_row(
         "leak check",
         f"{leaked} of {total} sensitive spans appear verbatim in the prompt the server "
-        "received about their record" + (" ✓" if leaked == 0 else " ✗"),
+        "received about their record"
+        + (" ✓" if leaked == 0 else " ✗")
+        + (
+            f" ({coincidences} more equal a stand-in drawn for another unit)"
+            if coincidences
+            else ""
+        ),
     )
     table.add_row("time", f"{time.perf_counter() - t0:.0f} s")
     console.print(table)
@@ -176,7 +189,12 @@ def run_demo(
         "after": result.after,
         "rationales": result.rationales,
         "privacy": {"config": cfg.privacy.model_dump(mode="json"), "ledger": ledger},
-        "server_received": {"prompts": len(cache_rows), "leaked_spans": leaked, "spans": total},
+        "server_received": {
+            "prompts": len(cache_rows),
+            "leaked_spans": leaked,
+            "coincident_stand_ins": coincidences,
+            "spans": total,
+        },
         "timings": result.timings,
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -623,14 +623,17 @@ def _plots(
 
     run.plots.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    plotted = 0
     for key in ("loss", "loss_label", "loss_rationale", "eval_loss"):
         pts = [(h["step"], h[key]) for h in history if key in h and "step" in h]
         if pts:
-            ax.plot(*zip(*pts), marker="o" if key == "eval_loss" else None, label=key)
+            ax.plot(*zip(*pts), marker="o", label=key)
+            plotted += 1
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title("training loss")
-    ax.legend()
+    if plotted:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(run.plots / "loss.png", dpi=110)
     plt.close(fig)
