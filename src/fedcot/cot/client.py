@@ -196,7 +196,8 @@ def field_text(task: Task, ex: Example) -> str:
     gets the same stand-in in both. Labels such as "Question:" or "(a)" are the public
     template and stay as they are.
     """
-    return "\n".join(" ".join(f.split()) for f in _fields(ex))
+    # Newlines inside a field become spaces so that the fields stay one per line.
+    return "\n".join(f.replace("\r", " ").replace("\n", " ") for f in _fields(ex))
 
 
 def perturbed_input(task: Task, ex: Example, perturbed: str) -> str:
@@ -417,12 +418,18 @@ def run_distill(
                     f"{run.perturbations} does not match the training data",
                     hint="the data changed since the run started; use a new output_dir",
                 )
-            sent = [perturbed_input(task, ex, p.text) for ex, p in zip(train, perturbations)]  # type: ignore[union-attr]
+            if cfg.strategy == "none":
+                sent = list(originals)
+            else:
+                sent = [perturbed_input(task, ex, p.text) for ex, p in zip(train, perturbations)]  # type: ignore[union-attr]
         else:
             perturber = Perturber.from_config(cfg.privacy)
             fields = [field_text(task, ex) for ex in train]
             perturbations = list(perturber.perturb(fields, [ex.id for ex in train]))
-            sent = [perturbed_input(task, ex, p.text) for ex, p in zip(train, perturbations)]  # type: ignore[union-attr]
+            if cfg.strategy == "none":  # nothing changed: send the examples exactly as written
+                sent = list(originals)
+            else:
+                sent = [perturbed_input(task, ex, p.text) for ex, p in zip(train, perturbations)]  # type: ignore[union-attr]
             _write_jsonl(run.perturbations, [_perturbation_row(p) for p in perturbations])  # type: ignore[arg-type]
             if cfg.strategy != "none":
                 perturber.accountant.save(run.ledger)

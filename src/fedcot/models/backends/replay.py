@@ -36,6 +36,11 @@ def example_block(prompt: Prompt) -> str:
     return text.rsplit("\n\n", 1)[-1]
 
 
+def _key(text: str) -> str:
+    # Whitespace is layout (a transport may re-wrap it); every other character must match.
+    return " ".join(text.split())
+
+
 class ReplayBackend(Backend):
     """Serve recorded rationales for exactly the examples they were recorded for."""
 
@@ -53,7 +58,7 @@ class ReplayBackend(Backend):
                 answer = task.answer_text(shown)
             except ValueError:  # the recorded conclusion is not one of the choices
                 answer = concluded
-            self._answers[task.input_text(ex)] = (
+            self._answers[_key(task.input_text(ex))] = (
                 f"{ex.rationale.strip()} {COT_ANSWER_PREFIX} {answer}."  # type: ignore[union-attr]
             )
         if not self._answers:
@@ -77,7 +82,7 @@ class ReplayBackend(Backend):
         out = []
         for p in prompts:
             block = example_block(p)
-            answer = self._answers.get(block)
+            answer = self._answers.get(_key(block))
             if answer is None:
                 raise BackendError(
                     "the replay teacher has no record for this prompt: "
