@@ -330,7 +330,10 @@ def run_distill(
         "task": cfg.task,
         "data": {"source": cfg.data, "train": len(train), "test": len(test)},
         "student": cfg.student.model,
-        "server": {"kind": cfg.server.kind, "model": cfg.server.model, "url": cfg.server.base_url},
+        "server": {"kind": cfg.server.kind, "model": cfg.server.model, "url": cfg.server.base_url}
+        if cfg.needs_server
+        else None,
+        "alpha": cfg.train.alpha,
         "strategy": cfg.strategy,
         "decoder": cfg.decoder_name,
     }
