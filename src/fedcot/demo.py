@@ -14,7 +14,6 @@ import json
 import shutil
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -23,15 +22,6 @@ from rich.table import Table
 
 from fedcot.config import DemoConfig
 from fedcot.privacy.attacks import verbatim_leakage
-
-
-def write_jsonl_rows(rows: Any, path: Path) -> Path:
-    """Write dicts as JSON lines."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
 
 
 def distill_config(cfg: DemoConfig) -> Any:

@@ -7,8 +7,8 @@ is asked only for prompts missing from the response cache, training continues fr
 checkpoint.
 
 What leaves the client is exactly the list of server prompts: the public few-shot template
-around each perturbed example. ``server_prompts.jsonl``-style auditing is the response cache
-itself (``server_cache.jsonl`` holds every prompt sent and every answer).
+around each perturbed example. ``server_cache.jsonl`` holds every prompt sent and every
+answer, so it is also the audit record of what the server saw.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -664,8 +663,3 @@ def _plots(
     fig.tight_layout()
     fig.savefig(run.plots / "accuracy.png", dpi=110)
     plt.close(fig)
-
-
-def remove_run(path: Path) -> None:
-    """Delete a run folder (tests, benchmarks)."""
-    shutil.rmtree(path, ignore_errors=True)
