@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, machine, today, write_section
+from _common import ROOT, write_section
 
 OUT = ROOT / "bench" / "out" / "demo"
 
@@ -38,10 +38,7 @@ def main() -> None:
     t = s["timings"]
     led = s["privacy"]["ledger"]
     got = s["server_received"]
-    body = f"""Measured {today()} on {machine()}.
-Command: `python bench/demo_time.py` (runs `fedcot demo`, what `make demo` runs after install)
-
-| | |
+    body = f"""| | |
 |---|---|
 | wall time of the command | {wall:.0f} s (models already converted; first conversion adds about 22 s + 61 s) |
 | stages | load student {t["load_student"]:.0f} s · zero-shot eval {t["eval_before"]:.0f} s · perturb {t["perturb"]:.1f} s · server rationales {t["generate"]:.0f} s · decode {t["decode"]:.2f} s · train {t["train"]:.0f} s · eval {t["eval_after"]:.0f} s |

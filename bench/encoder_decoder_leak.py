@@ -23,7 +23,7 @@ import json
 import time
 from collections import Counter
 
-from _common import ROOT, machine, today, write_section
+from _common import ROOT, write_section
 
 OUT = ROOT / "bench" / "out" / "encoder_decoder"
 
@@ -141,15 +141,8 @@ def main() -> None:
     def pct(d: dict, a: str, b: str) -> str:
         return f"{d[a]}/{d[b]} ({100 * d[a] / max(1, d[b]):.1f} %)"
 
-    cmd = (
-        f"python bench/encoder_decoder_leak.py --public {r['public']} "
-        f"--private {r['private']} --steps {r['steps']}"
-    )
-    body = f"""Measured {today()} on {machine()}.
-Command: `{cmd}`
-
-The encoder-decoder (smollm2-135m-instruct + LoRA, {r["steps"]} steps on {r["public"]} public
-generated records, encode targets from the exponential mechanism at ε = 3; fit
+    body = f"""The encoder-decoder (smollm2-135m-instruct + LoRA, {r["steps"]} steps on \
+{r["public"]} public generated records, encode targets from the exponential mechanism at ε = 3; fit
 {r["fit_seconds"]} s) encoded {r["private"]} private generated records in
 {r["encode_seconds"]} s; {r["unavailable"]} outputs were empty or copies after one re-sample
 and were replaced by the placeholder (never sent).

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, SHARED, machine, today, write_section
+from _common import ROOT, SHARED, write_section
 
 OUT = ROOT / "bench" / "out" / "fedcot"
 ROWS = ("label", "label2x", "palm", "gemma-none", "gemma-exp", "gemma-adaptive")
@@ -279,16 +279,16 @@ def report() -> None:
         sections.append("\n".join(lines))
     params = json.loads((OUT / "params.json").read_text()) if (OUT / "params.json").exists() else {}
     body = (
-        f"Measured {today()} on {machine()}.\n"
-        f"Command: `python bench/fedcot_table.py {params.get('argv', '')}` (rows accumulate; "
-        "`--report-only` rebuilds this section)\n\n"
+        "Runs accumulate in `bench/out/fedcot/` (one `fedcot distill` run folder each; "
+        f"last runs: `python bench/fedcot_table.py {params.get('argv', '')}`); "
+        "`--report-only` rebuilds this section.\n\n"
         "Student smollm2-135m-instruct with LoRA (r = 16, all linear layers), trained on the "
         f"first {params.get('train', '?')} examples of the split with PaLM rationales (CQA "
         f"`train`, e-SNLI `valid`), {params.get('steps', '?')} steps of "
         f"{params.get('batch_size', '?')} examples (lr {params.get('lr', '?')}), α = "
         f"{params.get('alpha', '?')}; evaluated on the first {params.get('test', '?')} "
         "`test` items by the likelihood of each answer text (the label target is the answer "
-        "text, e.g. `(c) wooded area`). Teacher rationales: up to "
+        'text alone, e.g. `wooded area`, `answer_style = "text"`). Teacher rationales: up to '
         f"{params.get('max_new_tokens', '?')} new tokens, 2 public few-shot examples.\n\n"
         + "\n\n".join(sections)
     )

@@ -14,7 +14,7 @@ import argparse
 import json
 import time
 
-from _common import ROOT, machine, today, write_section
+from _common import ROOT, write_section
 
 
 def main() -> None:
@@ -57,10 +57,7 @@ def main() -> None:
         )
     d = json.loads(store.read_text())
     w, c = d["times"]["whole"], d["times"]["cached"]
-    body = f"""Measured {today()} on {machine()}.
-Command: `python bench/likelihood_cache.py --limit {d["n"]}`
-
-| path | seconds for {d["n"]} CQA questions × 5 candidates (2 rounds) | per question |
+    body = f"""| path | seconds for {d["n"]} CQA questions × 5 candidates (2 rounds) | per question |
 |---|---|---:|
 | whole sequences (prompt encoded per candidate) | {w[0]:.1f} / {w[1]:.1f} | {min(w) / d["n"]:.2f} s |
 | shared-prompt KV cache | {c[0]:.1f} / {c[1]:.1f} | {min(c) / d["n"]:.2f} s |
