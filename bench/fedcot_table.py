@@ -322,10 +322,10 @@ def main() -> None:
             for k in ("train", "test", "steps", "batch_size", "lr", "alpha", "max_new_tokens")
         }
         keep["argv"] = " ".join(sys.argv[1:])
-        (OUT / "params.json").write_text(json.dumps(keep, indent=2))
         if args.throughput:
             throughput(args)
         else:
+            (OUT / "params.json").write_text(json.dumps(keep, indent=2))
             run_rows(args)
     report()
 
