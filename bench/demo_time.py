@@ -49,6 +49,8 @@ def main() -> None:
 
 Student smollm2-135m-instruct, server gemma3-270m in-process, {s["rationales"]["requested"]} rationales ({s["rationales"]["agree_with_gold"]} reach the gold answer after inverse-map decoding). The demo shows the pipeline, not a useful model: at ε = 3 per word the perturbed records are word salad to a 270M base model, and 12 LoRA steps on 24 records teach the 135M student little arithmetic.
 """  # noqa: E501
+    if data.get("note"):
+        body += f"\n{data['note']}\n"
     write_section("demo", "`fedcot demo` (make demo)", body)
 
 
