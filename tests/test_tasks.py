@@ -352,7 +352,9 @@ def test_multiple_choice_text_answer_style():
     assert text.candidate_label(ex, 1) == "forest"
     assert "text of the correct choice" in text.instruction()
     assert "<choice text>" in text.instruction(cot=True)
-    target = text.target_text(Example(**{**ex.to_dict(), "rationale": "Trees need soil."}), cot=True)
+    target = text.target_text(
+        Example(**{**ex.to_dict(), "rationale": "Trees need soil."}), cot=True
+    )
     assert target == "Trees need soil. So the answer is forest."
     assert text.extract_answer(target, ex) == "forest"
     # Non-MC tasks ignore the style; an unknown style is an error.

@@ -212,6 +212,19 @@ def perturbed_input(task: Task, ex: Example, perturbed: str) -> str:
     return task.input_text(new)
 
 
+def _to_send(
+    cfg: DistillConfig,
+    task: Task,
+    train: Sequence[Example],
+    originals: list[str],
+    perturbations: Sequence[Perturbation | None],
+) -> list[str]:
+    """The example texts that go into server prompts."""
+    if cfg.strategy == "none":  # nothing changed: send the examples exactly as written
+        return list(originals)
+    return [perturbed_input(task, ex, p.text) for ex, p in zip(train, perturbations)]  # type: ignore[union-attr]
+
+
 # --------------------------------------------------------------------------------------
 # Perturbations on disk (client-private)
 # --------------------------------------------------------------------------------------
@@ -420,18 +433,12 @@ def run_distill(
                     f"{run.perturbations} does not match the training data",
                     hint="the data changed since the run started; use a new output_dir",
                 )
-            if cfg.strategy == "none":
-                sent = list(originals)
-            else:
-                sent = [perturbed_input(task, ex, p.text) for ex, p in zip(train, perturbations)]  # type: ignore[union-attr]
+            sent = _to_send(cfg, task, train, originals, perturbations)
         else:
             perturber = Perturber.from_config(cfg.privacy)
             fields = [field_text(task, ex) for ex in train]
             perturbations = list(perturber.perturb(fields, [ex.id for ex in train]))
-            if cfg.strategy == "none":  # nothing changed: send the examples exactly as written
-                sent = list(originals)
-            else:
-                sent = [perturbed_input(task, ex, p.text) for ex, p in zip(train, perturbations)]  # type: ignore[union-attr]
+            sent = _to_send(cfg, task, train, originals, perturbations)
             _write_jsonl(run.perturbations, [_perturbation_row(p) for p in perturbations])  # type: ignore[arg-type]
             if cfg.strategy != "none":
                 perturber.accountant.save(run.ledger)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fedcot.errors import ConfigError
+from fedcot.models.backends.base import render_prompt
 
 if TYPE_CHECKING:
     from fedcot.data.tasks import Example, Task
@@ -76,24 +77,6 @@ class SFTItem:
     """Loss group: ``"label"``, ``"rationale"``, ``"encode"``, ``"decode"``, ..."""
     add_special_tokens: bool = False
     """True for plain (non-chat) prompts: the tokenizer adds BOS etc."""
-
-
-def render_prompt(tokenizer: Any, prompt: Any) -> tuple[str, bool]:
-    """Prompt (a string or a list of chat messages) → (text, add_special_tokens).
-
-    Same rule as :meth:`TransformersBackend.render`: a chat goes through the tokenizer's chat
-    template with the generation prompt (which already holds BOS and role markers), a string
-    is used as is and the tokenizer adds its special tokens.
-    """
-    if isinstance(prompt, str):
-        return prompt, True
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ConfigError(
-            "the tokenizer has no chat template, so chat prompts cannot be rendered",
-            hint="build plain prompts (chat = false) for this model",
-        )
-    text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-    return str(text), False
 
 
 def multitask_items(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -140,3 +140,23 @@ def is_chat(prompt: Prompt) -> bool:
         "a prompt is either a string or a list of {'role': ..., 'content': ...} messages, "
         f"got {type(prompt).__name__}"
     )
+
+
+def render_prompt(tokenizer: Any, prompt: Prompt) -> tuple[str, bool]:
+    """Prompt → (text, whether the tokenizer should add its special tokens).
+
+    A chat goes through the tokenizer's chat template with the generation prompt (which
+    already holds BOS and role markers); a string is used as is. The one rendering rule of
+    generation, scoring and training.
+    """
+    if not is_chat(prompt):
+        return str(prompt), True
+    if getattr(tokenizer, "chat_template", None) is None:
+        from fedcot.errors import ConfigError
+
+        raise ConfigError(
+            "the tokenizer has no chat template, so chat prompts cannot be rendered",
+            hint="build plain prompts (chat = false) for this model",
+        )
+    text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+    return str(text), False

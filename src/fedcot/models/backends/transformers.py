@@ -20,6 +20,7 @@ from fedcot.models.backends.base import (
     TopKLogprobs,
     apply_stop,
     is_chat,
+    render_prompt,
 )
 
 if TYPE_CHECKING:
@@ -126,17 +127,12 @@ class TransformersBackend(Backend):
     # -- prompts ---------------------------------------------------------------------------
     def render(self, prompt: Prompt) -> tuple[str, bool]:
         """Prompt → (text, whether the tokenizer should add its special tokens)."""
-        if is_chat(prompt):
-            if not self.supports_chat:
-                raise ValueError(
-                    f"{self.model_name} has no chat template; send plain-text prompts "
-                    "(tasks build them with chat=False)"
-                )
-            text = self.tokenizer.apply_chat_template(
-                prompt, tokenize=False, add_generation_prompt=True
+        if is_chat(prompt) and not self.supports_chat:
+            raise ValueError(
+                f"{self.model_name} has no chat template; send plain-text prompts "
+                "(tasks build them with chat=False)"
             )
-            return str(text), False  # the template already holds BOS and role markers
-        return str(prompt), True
+        return render_prompt(self.tokenizer, prompt)
 
     def _encode(self, texts: Sequence[tuple[str, bool]], *, side: str) -> dict[str, torch.Tensor]:
         import torch
