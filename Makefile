@@ -42,7 +42,7 @@ llamacpp: install
 
 # Benchmark-only extras: FATE-LLM's InferDPT kit as the baseline (its own deps are not needed).
 bench-deps: install
-	$(BIN)/pip install -q --no-deps fate-llm==2.2.0
+	$(BIN)/pip install -q --no-deps fate-llm==2.2.0 editdistance==0.8.1
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""FedMKT: mutual knowledge transfer between a server LLM and client SLMs."""
