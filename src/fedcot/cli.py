@@ -338,6 +338,59 @@ def distill_cmd(
     out.print(f"run folder: {result.run_dir}")
 
 
+# -- mkt -----------------------------------------------------------------------------------
+
+
+@app.command("mkt")
+@friendly_errors
+def mkt_cmd(
+    config: ConfigOpt = None,
+    task: Annotated[str | None, typer.Option(help="rte, cqa, esnli, ...")] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset source.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Number of rounds.")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="mutual | one-way | standalone (the baseline).")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(help="Logits sent per token.")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in output_dir.")
+    ] = False,
+    overrides: SetOpt = None,
+) -> None:
+    """Run FedMKT: a server LLM and client SLMs teach each other through top-K logits."""
+    from fedcot.config import load_config
+    from fedcot.mkt.config import MKTConfig
+    from fedcot.mkt.rounds import run_mkt
+
+    cfg = load_config(
+        MKTConfig,
+        config,
+        overrides or [],
+        {
+            "task": task,
+            "data": data,
+            "rounds": rounds,
+            "mode": mode,
+            "top_k": top_k,
+            "output_dir": str(output_dir) if output_dir else None,
+        },
+    )
+    result = run_mkt(cfg, resume=resume, console=err)
+    table = Table(title=f"fedcot mkt · {cfg.task} · {cfg.scenario} · {cfg.mode}")
+    table.add_column("party")
+    rounds_done = sorted(int(r) for r in result.metrics["rounds"])
+    for r in rounds_done:
+        table.add_column("before" if r == 0 else f"round {r}", justify="right")
+    for name in cfg.party_names():
+        table.add_row(
+            name,
+            *(f"{100 * result.accuracy(name, r):.1f} %" for r in rounds_done),
+        )
+    out.print(table)
+    out.print(f"run folder: {result.output_dir}")
+
+
 # -- perturb -------------------------------------------------------------------------------
 
 

@@ -1,0 +1,724 @@
+"""FedMKT rounds: a server LLM and K client SLMs teach each other through top-K logits.
+
+One round (``mode = "mutual"``), every party with its own model, tokenizer and LoRA:
+
+1. each client fine-tunes on its private part (``local_steps``); with ``fedavg`` the
+   clients' adapters are then averaged (homogeneous clients only);
+2. each client sends a :class:`LogitsMessage`: for every public sample its answer tokens,
+   its top-K log-probabilities for each of them and its loss on them;
+3. the server aligns every client's tokens to its own (MinED vocabulary map + DP
+   alignment), picks per sample the teacher to learn from (DualMinCE: the lowest-loss
+   client, only where it beats the server's own loss) and distils into its LoRA with
+   λ·L_FT + (1 − λ)·L_KD on the public set (``server_steps``);
+4. the server sends its own :class:`LogitsMessage`; each client aligns, selects (the server,
+   where it beats the client) and distils (``client_steps``);
+5. every party is evaluated on the test set and checkpointed.
+
+``one-way`` skips step 3's distillation (the server only fine-tunes on the public labels);
+``standalone`` exchanges nothing and gives every party the same steps on its own data with
+λ = 1 (the baseline). The engine runs all parties in one process; the messages are the
+typed payloads of :mod:`fedcot.mkt.payloads`, so a network transport carries them as they
+are. A run is resumed from the last finished round, and every phase is seeded by (seed,
+round, party, phase), so a resumed run ends where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rich.console import Console
+
+from fedcot.config import dump_config
+from fedcot.data.tasks import Example, Task, get_task
+from fedcot.errors import ConfigError
+from fedcot.mkt.align import SparseRows, continuation_rows, transfer_rows
+from fedcot.mkt.config import MKTConfig
+from fedcot.mkt.payloads import AdapterMessage, LogitsMessage, SampleLogits, TensorBlob
+from fedcot.mkt.selection import answer_loss, select_targets
+from fedcot.progress import progress_bar
+
+if TYPE_CHECKING:
+    from fedcot.evaluation import EvalResult
+
+__all__ = ["MKTResult", "Party", "run_mkt"]
+
+PhaseHook = Callable[[int, str, str], None]
+"""``hook(round, party, phase)``, called before each phase (tests inject faults with it)."""
+
+
+# --------------------------------------------------------------------------------------
+# A party
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class PublicItem:
+    """A party's tokenisation of one labelled example (plain prompt + answer + EOS)."""
+
+    example_id: str
+    input_ids: list[int]
+    labels: list[int]
+    target: str
+    """The answer text (with its leading space): the continuation every party learns."""
+
+    @property
+    def start(self) -> int:
+        return next(i for i, lab in enumerate(self.labels) if lab != -100)
+
+    @property
+    def answer_ids(self) -> list[int]:
+        """The answer tokens without the closing EOS (what logits are exchanged for)."""
+        return self.input_ids[self.start : -1]
+
+
+class Party:
+    """One participant: a causal LM with a LoRA adapter and its tokenizer."""
+
+    def __init__(
+        self,
+        name: str,
+        model_name: str,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_length: int,
+    ) -> None:
+        from fedcot.mkt.vocab_map import token_strings, tokenizer_hash
+
+        self.name = name
+        self.model_name = model_name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.texts = token_strings(tokenizer)
+        self.tokenizer_hash = tokenizer_hash(tokenizer)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the output layer (what a dense logit vector would hold)."""
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    # -- data ------------------------------------------------------------------------------
+    def items(self, task: Task, examples: Sequence[Example]) -> list[PublicItem]:
+        """Plain prompts for every party, so all tokenise the same answer text."""
+        from fedcot.train.multitask import multitask_items, tokenize_item
+
+        groups = multitask_items(task, examples, self.tokenizer, chat=False, alpha=0.0)
+        out = []
+        for ex, (item,) in zip(examples, groups):
+            t = tokenize_item(item, self.tokenizer, self.max_length)
+            out.append(PublicItem(ex.id, t["input_ids"], t["labels"], item.target))
+        return out
+
+    # -- logits ------------------------------------------------------------------------------
+    def public_logits(
+        self, items: Sequence[PublicItem], *, k: int, loss_unit: str, batch_size: int = 8
+    ) -> tuple[list[SparseRows], np.ndarray]:
+        """Top-K rows for every answer token and the per-sample answer loss."""
+        import torch
+
+        from fedcot.train.distill import batch_forward
+
+        rows: list[SparseRows] = []
+        losses = np.zeros(len(items), dtype=np.float64)
+        pad = int(self.tokenizer.pad_token_id)
+        with torch.no_grad():
+            for b0 in range(0, len(items), batch_size):
+                batch = items[b0 : b0 + batch_size]
+                # Logits for the answer tokens (EOS excluded): positions start-1 .. n-3.
+                seqs = [it.input_ids[:-1] for it in batch]
+                keep = max(len(s) - it.start + 1 for s, it in zip(seqs, batch))
+                logits = batch_forward(self.model, seqs, keep, pad)
+                for j, (s, it) in enumerate(zip(seqs, batch)):
+                    # logits[j] covers the last `keep` positions; a shorter row is padded.
+                    pad_cols = max(0, keep - len(s))
+                    window = logits[j, pad_cols:]
+                    ids = s[len(s) - window.shape[0] :]
+                    local_start = it.start - (len(s) - window.shape[0])
+                    rows.append(continuation_rows(window, ids, local_start, k))
+                    losses[b0 + j] = answer_loss(
+                        window, ids, local_start, per=loss_unit, n_chars=len(it.target)
+                    )
+        return rows, losses
+
+    def message(
+        self,
+        round_no: int,
+        items: Sequence[PublicItem],
+        rows: Sequence[SparseRows],
+        losses: np.ndarray,
+    ) -> LogitsMessage:
+        """The typed message carrying this party's public logits."""
+        samples = [
+            SampleLogits.from_rows(it.example_id, it.answer_ids, r, float(loss))
+            for it, r, loss in zip(items, rows, losses)
+        ]
+        return LogitsMessage(
+            round=round_no,
+            sender=self.name,
+            model=self.model_name,
+            tokenizer_hash=self.tokenizer_hash,
+            vocab_size=self.vocab_size,
+            samples=samples,
+        )
+
+    def targets_from(
+        self,
+        msg: LogitsMessage,
+        items: Sequence[PublicItem],
+        vocab_map: np.ndarray,
+        sender_texts: Sequence[str],
+    ) -> list[SparseRows]:
+        """A sender's rows turned into rows over this party's answer tokens.
+
+        ``vocab_map`` maps the sender's ids to this party's; ``sender_texts`` are the texts of
+        the sender's tokens (tokenizers are public: each party loads the others').
+        """
+        if len(msg.samples) != len(items):
+            raise ValueError(f"{msg.sender} sent {len(msg.samples)} samples, expected {len(items)}")
+        out = []
+        for s, it in zip(msg.samples, items):
+            if s.sample_id != it.example_id:
+                raise ValueError(
+                    f"{msg.sender} sent sample {s.sample_id}, expected {it.example_id}"
+                )
+            if any(i >= len(sender_texts) for i in s.token_ids):
+                raise ValueError(f"{msg.sender} sent a token id outside its vocabulary")
+            own = it.answer_ids
+            out.append(
+                transfer_rows(
+                    [sender_texts[i] for i in s.token_ids],
+                    s.rows(),
+                    [self.texts[i] for i in own],
+                    own,
+                    vocab_map,
+                )
+            )
+        return out
+
+    # -- adapter -----------------------------------------------------------------------------
+    def adapter_state(self) -> dict[str, np.ndarray]:
+        """The trainable LoRA tensors."""
+        from peft import get_peft_model_state_dict
+
+        sd = get_peft_model_state_dict(self.model)
+        return {k: v.detach().cpu().float().numpy() for k, v in sd.items()}
+
+    def set_adapter_state(self, state: dict[str, np.ndarray]) -> None:
+        """Load LoRA tensors (e.g. a FedAvg average)."""
+        import torch
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.model, {k: torch.from_numpy(v) for k, v in state.items()})
+
+    def save(self, folder: Path) -> None:
+        """The adapter as a plain PEFT folder (reloads with ``PeftModel.from_pretrained``)."""
+        self.model.save_pretrained(str(folder))
+
+    def load(self, folder: Path) -> None:
+        """Restore the adapter saved by :meth:`save`."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(self.model, load_file(str(folder / "adapter_model.safetensors")))
+
+    def evaluate(self, task: Task, test: Sequence[Example], *, progress: bool) -> EvalResult:
+        """Accuracy on ``test`` by answer likelihood (plain prompts, as trained)."""
+        from fedcot.evaluation import evaluate
+        from fedcot.models.backends.transformers import TransformersBackend
+
+        backend = TransformersBackend(self.model, self.tokenizer, name=self.name, batch_size=8)
+        return evaluate(backend, task, test, method="likelihood", chat=False, progress=progress)
+
+
+# --------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class MKTResult:
+    """What ``run_mkt`` returns: accuracy per party per round and the traffic."""
+
+    output_dir: Path
+    metrics: dict[str, Any]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def accuracy(self, party: str, round_no: int) -> float:
+        """Test accuracy of ``party`` after ``round_no`` (0 = before training)."""
+        return float(self.metrics["rounds"][str(round_no)][party]["accuracy"])
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("fedcot", "torch", "transformers", "peft", "rapidfuzz", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def split_data(
+    cfg: MKTConfig, task: Task
+) -> tuple[list[Example], list[list[Example]], list[Example]]:
+    """(public, private part per client, test): a seeded shuffle of ``cfg.split`` cut into
+    1 public + K disjoint private parts."""
+    from fedcot.data.loaders import load_dataset
+
+    pool = load_dataset(cfg.data, task, cfg.split, rationales=False)
+    need = cfg.public_size + cfg.private_size * len(cfg.clients)
+    if len(pool) < need:
+        raise ConfigError(
+            f"the {cfg.split!r} split has {len(pool)} examples; the run needs {need} "
+            f"({cfg.public_size} public + {len(cfg.clients)} × {cfg.private_size} private)",
+            hint="lower public_size / private_size",
+        )
+    order = np.random.default_rng(cfg.seed).permutation(len(pool))
+    picked = [pool[i] for i in order[:need]]
+    public = picked[: cfg.public_size]
+    private = [
+        picked[
+            cfg.public_size + c * cfg.private_size : cfg.public_size + (c + 1) * cfg.private_size
+        ]
+        for c in range(len(cfg.clients))
+    ]
+    test = load_dataset(cfg.data, task, cfg.test_split, limit=cfg.test_limit, rationales=False)
+    return public, private, test
+
+
+def _load_party(cfg: MKTConfig, name: str, model_name: str, index: int) -> Party:
+    import torch
+
+    from fedcot.models.registry import load_model
+    from fedcot.train.lora import apply_lora
+    from fedcot.train.multitask import TrainConfig
+
+    model, tokenizer = load_model(model_name)
+    t = cfg.train
+    lora_cfg = TrainConfig(
+        lora_r=t.lora_r,
+        lora_alpha=t.lora_alpha,
+        lora_dropout=t.lora_dropout,
+        lora_targets=t.lora_targets,
+    )
+    torch.manual_seed(_seed(cfg.seed, 0, index, 0))  # the LoRA init
+    model = apply_lora(model, lora_cfg)
+    model.eval()
+    return Party(name, model_name, model, tokenizer, max_length=t.max_length)
+
+
+def _fedavg(clients: Sequence[Party], weights: Sequence[int], round_no: int) -> int:
+    """Average the clients' adapters (weighted by private size); returns bytes sent."""
+    msgs = [
+        AdapterMessage(
+            round=round_no,
+            sender=c.name,
+            model=c.model_name,
+            n_examples=w,
+            tensors={k: TensorBlob.from_array(v) for k, v in c.adapter_state().items()},
+        )
+        for c, w in zip(clients, weights)
+    ]
+    msgs = [AdapterMessage.model_validate_json(m.model_dump_json()) for m in msgs]
+    total = sum(m.n_examples for m in msgs)
+    avg = {
+        k: sum(m.tensors[k].array() * (m.n_examples / total) for m in msgs) for k in msgs[0].tensors
+    }
+    for c in clients:
+        c.set_adapter_state(avg)
+    return sum(m.nbytes() for m in msgs)
+
+
+def _plot(metrics: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = sorted(int(r) for r in metrics["rounds"])
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    parties = list(metrics["rounds"][str(rounds[0])]) if rounds else []
+    for p in parties:
+        ys = [100 * metrics["rounds"][str(r)][p]["accuracy"] for r in rounds]
+        ax.plot(rounds, ys, marker="o", label=p)
+    ax.set_xlabel("round (0 = before)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xticks(rounds)
+    ax.set_title("FedMKT: accuracy per party")
+    if parties:
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_mkt(
+    cfg: MKTConfig,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+    progress: bool = True,
+    hook: PhaseHook | None = None,
+) -> MKTResult:
+    """Run (or resume) FedMKT rounds as configured; see the module docstring.
+
+    The run folder ``cfg.output_dir`` holds config.yaml, manifest.json, metrics.json
+    (accuracy per party per round, bytes per message), state.json, rounds/round-N/<party>/
+    (the PEFT adapter of every party after round N), eval/round-N/<party>.jsonl (test
+    predictions) and plots/accuracy.png.
+    """
+    from fedcot.mkt.vocab_map import build_vocab_map
+
+    con = console or Console(stderr=True, quiet=not progress)
+    task = get_task(cfg.task, answer_style="text")
+    out = Path(cfg.output_dir)
+    cfg_text = dump_config(cfg)
+    cfg_file = out / "config.yaml"
+    state_file = out / "state.json"
+    if cfg_file.exists():
+        if not resume:
+            raise ConfigError(
+                f"run folder {out} already holds a run",
+                hint="pass --resume to continue it, or choose another output_dir",
+            )
+        if cfg_file.read_text(encoding="utf-8") != cfg_text:
+            raise ConfigError(
+                f"run folder {out} holds a run with a different configuration",
+                hint="resume with the same config, or choose another output_dir",
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_file.write_text(cfg_text, encoding="utf-8")
+    state: dict[str, Any] = (
+        json.loads(state_file.read_text(encoding="utf-8")) if state_file.exists() else {}
+    )
+    metrics_file = out / "metrics.json"
+    metrics: dict[str, Any] = (
+        json.loads(metrics_file.read_text(encoding="utf-8"))
+        if metrics_file.exists() and state
+        else {"rounds": {}, "traffic": {}, "training": {}}
+    )
+    done = int(state.get("completed_round", 0))
+    timings: dict[str, float] = dict(state.get("timings", {}))
+
+    def phase(round_no: int, party: str, name: str) -> None:
+        if hook is not None:
+            hook(round_no, party, name)
+
+    # -- set up ----------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    public, private, test = split_data(cfg, task)
+    names = cfg.party_names()
+    con.log(
+        f"FedMKT · {cfg.task} · {cfg.scenario} · mode {cfg.mode} · {len(public)} public, "
+        f"{len(cfg.clients)} × {cfg.private_size} private, {len(test)} test"
+    )
+    server = _load_party(cfg, names[0], cfg.server.model, 0)
+    clients = [_load_party(cfg, names[i + 1], c.model, i + 1) for i, c in enumerate(cfg.clients)]
+    parties = [server, *clients]
+    texts = {p.tokenizer_hash: p.texts for p in parties}
+    maps: dict[tuple[str, str], np.ndarray] = {}
+    map_info: dict[str, Any] = {}
+    if cfg.mode != "standalone":
+        for c in clients:
+            pairs = [(server, c)] if cfg.mode == "one-way" else [(c, server), (server, c)]
+            for src, dst in pairs:
+                key = (src.tokenizer_hash, dst.tokenizer_hash)
+                if key in maps:
+                    continue
+                vm = build_vocab_map(src.tokenizer, dst.tokenizer, progress=progress)
+                maps[key] = vm.ids
+                map_info[f"{src.model_name} -> {dst.model_name}"] = {
+                    "exact": round(vm.exact_share, 4),
+                    "within_1": round(vm.within1_share, 4),
+                }
+    public_items = {p.name: p.items(task, public) for p in parties}
+    private_items = [c.items(task, part) for c, part in zip(clients, private)]
+    timings.setdefault("setup_s", round(time.perf_counter() - t0, 2))
+
+    def train(party: Party, items: Sequence[Any], steps: int, lam: float, seed: int, what: str):
+        from fedcot.train.distill import KDItem, train_steps
+
+        kd_items = [
+            it if isinstance(it, KDItem) else KDItem(it.input_ids, it.labels) for it in items
+        ]
+        with progress_bar(steps, f"{party.name}: {what}", enabled=progress) as advance:
+            stats = train_steps(
+                party.model,
+                kd_items,
+                steps=steps,
+                batch_size=cfg.train.batch_size,
+                learning_rate=cfg.train.learning_rate,
+                lam=lam,
+                seed=seed,
+                pad_id=int(party.tokenizer.pad_token_id),
+                on_step=lambda s, loss: advance(1),
+            )
+        return {
+            "phase": what,
+            "steps": stats.steps,
+            "loss": stats.loss,
+            "ft": stats.ft_loss,
+            "kd": stats.kd_loss,
+            "kd_rows": stats.kd_rows,
+            "seconds": stats.seconds,
+        }
+
+    def evaluate_all(round_no: int) -> None:
+        row = {}
+        for p in parties:
+            res = p.evaluate(task, test, progress=progress)
+            res.write_predictions(out / "eval" / f"round-{round_no}" / f"{p.name}.jsonl")
+            row[p.name] = res.summary()
+        metrics["rounds"][str(round_no)] = row
+        con.log(
+            f"round {round_no}: "
+            + ", ".join(f"{n} {100 * r['accuracy']:.1f} %" for n, r in row.items())
+        )
+
+    # -- resume / before -------------------------------------------------------------------
+    if done:
+        folder = out / "rounds" / f"round-{done}"
+        for p in parties:
+            p.load(folder / p.name)
+        con.log(f"resuming after round {done} of {cfg.rounds}")
+    elif "0" not in metrics["rounds"]:
+        evaluate_all(0)
+        _write_json(metrics_file, metrics)
+
+    # -- rounds ----------------------------------------------------------------------------
+    for r in range(done + 1, cfg.rounds + 1):
+        tr0 = time.perf_counter()
+        log: list[dict[str, Any]] = []
+        traffic: dict[str, Any] = {}
+        # 1. clients learn their private data
+        for i, c in enumerate(clients, start=1):
+            phase(r, c.name, "local")
+            steps = cfg.train.local_steps
+            log.append(
+                {
+                    "party": c.name,
+                    **train(
+                        c,
+                        private_items[i - 1],
+                        steps,
+                        1.0,
+                        _seed(cfg.seed, r, i, 1),
+                        "private data",
+                    ),
+                }
+            )
+        if cfg.fedavg and cfg.mode != "standalone":
+            phase(r, "clients", "fedavg")
+            traffic["fedavg_bytes"] = _fedavg(clients, [len(p) for p in private], r)
+
+        if cfg.mode == "standalone":
+            for i, c in enumerate(clients, start=1):
+                phase(r, c.name, "distill")
+                log.append(
+                    {
+                        "party": c.name,
+                        **train(
+                            c,
+                            public_items[c.name],
+                            cfg.train.client_steps,
+                            1.0,
+                            _seed(cfg.seed, r, i, 3),
+                            "public labels",
+                        ),
+                    }
+                )
+            phase(r, server.name, "distill")
+            log.append(
+                {
+                    "party": server.name,
+                    **train(
+                        server,
+                        public_items[server.name],
+                        cfg.train.server_steps,
+                        1.0,
+                        _seed(cfg.seed, r, 0, 2),
+                        "public labels",
+                    ),
+                }
+            )
+        else:
+            # 2. clients → server: top-K logits and losses on the public set
+            sent: list[LogitsMessage] = []
+            own: dict[str, tuple[list[SparseRows], np.ndarray]] = {}
+            for c in clients:
+                phase(r, c.name, "logits")
+                rows, losses = c.public_logits(
+                    public_items[c.name], k=cfg.top_k, loss_unit=cfg.loss_unit
+                )
+                own[c.name] = (rows, losses)
+                msg = c.message(r, public_items[c.name], rows, losses)
+                if cfg.mode == "mutual":
+                    # What crosses the wire: serialised, then validated on arrival.
+                    raw = msg.model_dump_json()
+                    traffic[c.name] = {"bytes": len(raw), "dense_bytes": msg.dense_nbytes()}
+                    sent.append(LogitsMessage.model_validate_json(raw))
+            # 3. the server learns from the clients
+            phase(r, server.name, "distill")
+            s_items = public_items[server.name]
+            if cfg.mode == "mutual":
+                _, s_loss = server.public_logits(s_items, k=cfg.top_k, loss_unit=cfg.loss_unit)
+                teacher_rows = [
+                    server.targets_from(
+                        m,
+                        s_items,
+                        maps[(m.tokenizer_hash, server.tokenizer_hash)],
+                        texts[m.tokenizer_hash],
+                    )
+                    for m in sent
+                ]
+                teacher_loss = np.stack([m.losses() for m in sent])
+                picks = select_targets(
+                    cfg.selection, s_loss, teacher_loss, teacher_rows, cfg.temperature
+                )
+                items = _with_targets(s_items, picks)
+                entry = train(
+                    server,
+                    items,
+                    cfg.train.server_steps,
+                    cfg.lam,
+                    _seed(cfg.seed, r, 0, 2),
+                    "distil from clients",
+                )
+                entry["selected"] = sum(p is not None for p in picks)
+                entry["transferred"] = _transferred(picks)
+            else:
+                entry = train(
+                    server,
+                    s_items,
+                    cfg.train.server_steps,
+                    1.0,
+                    _seed(cfg.seed, r, 0, 2),
+                    "public labels",
+                )
+            log.append({"party": server.name, **entry})
+            # 4. server → clients
+            phase(r, server.name, "logits")
+            s_rows, s_loss = server.public_logits(s_items, k=cfg.top_k, loss_unit=cfg.loss_unit)
+            smsg = server.message(r, s_items, s_rows, s_loss)
+            raw = smsg.model_dump_json()
+            traffic[server.name] = {
+                "bytes": len(raw) * len(clients),
+                "dense_bytes": smsg.dense_nbytes() * len(clients),
+                "per_client_bytes": len(raw),
+            }
+            smsg = LogitsMessage.model_validate_json(raw)
+            for i, c in enumerate(clients, start=1):
+                phase(r, c.name, "distill")
+                c_items = public_items[c.name]
+                rows = c.targets_from(
+                    smsg,
+                    c_items,
+                    maps[(server.tokenizer_hash, c.tokenizer_hash)],
+                    texts[smsg.tokenizer_hash],
+                )
+                picks = select_targets(
+                    cfg.selection,
+                    own[c.name][1],
+                    smsg.losses()[None, :],
+                    [rows],
+                    cfg.temperature,
+                )
+                entry = train(
+                    c,
+                    _with_targets(c_items, picks),
+                    cfg.train.client_steps,
+                    cfg.lam,
+                    _seed(cfg.seed, r, i, 3),
+                    "distil from server",
+                )
+                entry["selected"] = sum(p is not None for p in picks)
+                entry["transferred"] = _transferred(picks)
+                log.append({"party": c.name, **entry})
+        # 5. evaluate, checkpoint
+        if cfg.eval_each_round or r == cfg.rounds:
+            phase(r, "all", "evaluate")
+            evaluate_all(r)
+        folder = out / "rounds" / f"round-{r}"
+        tmp = out / "rounds" / f".round-{r}.tmp"
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        for p in parties:
+            p.save(tmp / p.name)
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+        metrics["training"][str(r)] = log
+        metrics["traffic"][str(r)] = traffic
+        timings[f"round_{r}_s"] = round(time.perf_counter() - tr0, 2)
+        _write_json(metrics_file, metrics)
+        _write_json(state_file, {"completed_round": r, "timings": timings})
+        con.log(f"round {r}/{cfg.rounds} done in {timings[f'round_{r}_s']:.0f} s")
+
+    _plot(metrics, out / "plots" / "accuracy.png")
+    manifest = {
+        "fedcot_command": "mkt",
+        "task": cfg.task,
+        "scenario": cfg.scenario,
+        "mode": cfg.mode,
+        "seed": cfg.seed,
+        "rounds": cfg.rounds,
+        "parties": {
+            p.name: {
+                "model": p.model_name,
+                "tokenizer_hash": p.tokenizer_hash,
+                "vocab_size": p.vocab_size,
+                "role": "server" if p is server else "client",
+            }
+            for p in parties
+        },
+        "data": {
+            "public": len(public),
+            "private": [len(x) for x in private],
+            "test": len(test),
+            "public_ids": [e.id for e in public],
+        },
+        "vocab_maps": map_info,
+        "timings": timings,
+        "versions": _versions(),
+    }
+    _write_json(out / "manifest.json", manifest)
+    return MKTResult(out, metrics, manifest)
+
+
+def _transferred(picks: Sequence[SparseRows | None]) -> int:
+    """Rows that carry a teacher's distribution (not a one-hot fallback)."""
+    return sum(int(np.asarray(p.transferred).sum()) for p in picks if p is not None)
+
+
+def _with_targets(items: Sequence[PublicItem], picks: Sequence[SparseRows | None]) -> list[Any]:
+    from fedcot.train.distill import KDItem
+
+    return [KDItem(it.input_ids, it.labels, p) for it, p in zip(items, picks)]
