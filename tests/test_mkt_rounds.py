@@ -165,22 +165,9 @@ def test_config_rules():
 
 
 def _save_tiny(folder: Path, tok, seed: int) -> str:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_models import tiny_llama
 
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=getattr(tok, "bos_token_id", None),
-    )
-    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tiny_llama(tok, seed, max_positions=1024).save_pretrained(folder)
     tok.save_pretrained(folder)
     return str(folder)
 

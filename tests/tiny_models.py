@@ -50,12 +50,11 @@ def make_tokenizer(vocab_size: int = 400, chat: bool = True):
     return tok
 
 
-def make_tiny_lm(seed: int = 0, vocab_size: int = 400, chat: bool = True):
-    """(model, tokenizer): a 2-layer Llama with random weights."""
+def tiny_llama(tok, seed: int = 0, max_positions: int = 512):
+    """A 2-layer Llama with random weights sized to ``tok``'s vocabulary."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = make_tokenizer(vocab_size, chat)
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=len(tok),
@@ -64,13 +63,18 @@ def make_tiny_lm(seed: int = 0, vocab_size: int = 400, chat: bool = True):
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        bos_token_id=None,
+        bos_token_id=getattr(tok, "bos_token_id", None),
     )
-    model = LlamaForCausalLM(cfg).eval()
-    return model, tok
+    return LlamaForCausalLM(cfg).eval()
+
+
+def make_tiny_lm(seed: int = 0, vocab_size: int = 400, chat: bool = True):
+    """(model, tokenizer): a 2-layer Llama with random weights."""
+    tok = make_tokenizer(vocab_size, chat)
+    return tiny_llama(tok, seed), tok
 
 
 def hash_embedder(dim: int, scale: float = 1.0):

@@ -9,17 +9,10 @@ Nothing vocabulary-sized is ever sent.
 from __future__ import annotations
 
 import base64
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_serializer,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
 from fedcot.mkt.align import SparseRows
 
@@ -30,13 +23,19 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(value: str | bytes) -> bytes:
+def _unb64(value: object) -> bytes:
     if isinstance(value, bytes):
         return value
+    if not isinstance(value, str):
+        raise ValueError("expected base64 text")
     try:
         return base64.b64decode(value.encode("ascii"), validate=True)
     except (ValueError, UnicodeEncodeError) as e:
         raise ValueError(f"not valid base64: {e}") from e
+
+
+Blob = Annotated[bytes, BeforeValidator(_unb64), PlainSerializer(_b64, return_type=str)]
+"""Raw bytes, base64 in JSON."""
 
 
 class _Message(BaseModel):
@@ -50,21 +49,10 @@ class SampleLogits(_Message):
     sample_id: str
     token_ids: list[int] = Field(description="the continuation in the sender's vocabulary")
     k: int = Field(ge=1, le=4096)
-    topk_ids: bytes = Field(description="int32 [n, k], -1 = padding")
-    topk_logprobs: bytes = Field(description="float16 [n, k]; padding carries -inf")
-    transferred: bytes = Field(b"", description="uint8 [n]; 1 = real distribution")
+    topk_ids: Blob = Field(description="int32 [n, k], -1 = padding")
+    topk_logprobs: Blob = Field(description="float16 [n, k]; padding carries -inf")
+    transferred: Blob = Field(b"", description="uint8 [n]; 1 = real distribution")
     loss: float = Field(description="the sender's loss on the continuation (NaN: unknown)")
-
-    @field_serializer("topk_ids", "topk_logprobs", "transferred")
-    def _ser(self, v: bytes) -> str:
-        return _b64(v)
-
-    @field_validator("topk_ids", "topk_logprobs", "transferred", mode="before")
-    @classmethod
-    def _de(cls, v: object) -> bytes:
-        if isinstance(v, (str, bytes)):
-            return _unb64(v)
-        raise ValueError("expected base64 text")
 
     @model_validator(mode="after")
     def _shapes(self) -> SampleLogits:
@@ -144,18 +132,7 @@ class TensorBlob(_Message):
     """One float32 tensor."""
 
     shape: list[int]
-    data: bytes
-
-    @field_serializer("data")
-    def _ser(self, v: bytes) -> str:
-        return _b64(v)
-
-    @field_validator("data", mode="before")
-    @classmethod
-    def _de(cls, v: object) -> bytes:
-        if isinstance(v, (str, bytes)):
-            return _unb64(v)
-        raise ValueError("expected base64 text")
+    data: Blob
 
     @model_validator(mode="after")
     def _size(self) -> TensorBlob:
