@@ -53,6 +53,8 @@ def test_help_lists_only_real_commands():
         "perturb",
         "privacy-eval",
         "distill",
+        "mkt",
+        "serve",
     }
     assert runner.invoke(app, ["--version"]).output.startswith("fedcot ")
 

@@ -592,6 +592,124 @@ def privacy_eval_cmd(
     out.print(f"rows: {json_path}\nfrontier: {png_path}")
 
 
+# -- serve ---------------------------------------------------------------------------------
+
+
+@app.command("serve")
+@friendly_errors
+def serve_cmd(
+    config: ConfigOpt = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model name, .gguf file or transformers folder.")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="transformers (default) | llamacpp | openai (a proxy).")
+    ] = None,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="The name clients send as 'model' (default: --model).")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default 127.0.0.1: this machine).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000; 0: a free one).")] = None,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option("--api-key", help="An accepted API key (repeatable)."),
+    ] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(help="Environment variable with comma-separated keys (FEDCOT_API_KEYS)."),
+    ] = None,
+    audit_log: Annotated[
+        Path | None, typer.Option(help="JSONL file: one line per request, as received.")
+    ] = None,
+    ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    max_batch: Annotated[
+        int | None, typer.Option(help="Prompts per backend call and per request (16).")
+    ] = None,
+    batch_wait_ms: Annotated[
+        float | None, typer.Option(help="How long a batch waits for more requests (10 ms).")
+    ] = None,
+    max_body_bytes: Annotated[
+        int | None, typer.Option(help="Largest request body (1 MiB).")
+    ] = None,
+    max_prompt_tokens: Annotated[
+        int | None, typer.Option(help="Longest prompt in tokens (4096).")
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Cap on max_tokens (512).")] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="critical | error | warning | info | debug.")
+    ] = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions).
+
+    Clients use it as a FedCoT server with --server http://HOST:PORT/v1. SIGTERM or Ctrl+C
+    finishes the requests in flight, then exits.
+    """
+    from fedcot.config import load_config
+    from fedcot.federation.serve import ServeConfig, check_port, read_api_keys, serve
+
+    cfg = load_config(
+        ServeConfig,
+        config,
+        overrides or [],
+        {
+            "model.model": model,
+            "model.kind": backend,
+            "served_model_name": served_model_name,
+            "host": host,
+            "port": port,
+            "api_key_env": api_key_env,
+            "audit_log": str(audit_log) if audit_log else None,
+            "ssl_certfile": str(ssl_certfile) if ssl_certfile else None,
+            "ssl_keyfile": str(ssl_keyfile) if ssl_keyfile else None,
+            "limits.max_batch": max_batch,
+            "limits.batch_wait_ms": batch_wait_ms,
+            "limits.max_body_bytes": max_body_bytes,
+            "limits.max_prompt_tokens": max_prompt_tokens,
+            "limits.max_tokens": max_tokens,
+            "log_level": log_level,
+        },
+    )
+    keys = {k for k in (api_key or []) if k} | read_api_keys(
+        cfg.api_key_env, required=api_key_env is not None and not api_key
+    )
+    check_port(cfg.host, cfg.port)  # before the (slow) model load
+    err.print(f"loading [bold]{cfg.model.model}[/] ({cfg.model.kind}) ...")
+    be = cfg.model.build()
+    if not keys:
+        err.print(
+            "[yellow]warning:[/] no API key: anyone who can reach "
+            f"{cfg.host}:{cfg.port} can use the model (set --api-key or {cfg.api_key_env})"
+        )
+    if cfg.audit_log:
+        err.print(f"audit log: {cfg.audit_log}")
+
+    def announce(url: str) -> None:
+        out.print(f"fedcot serve: {cfg.name} at {url}", soft_wrap=True, markup=False)
+
+    try:
+        serve(
+            be,
+            model_name=cfg.name,
+            host=cfg.host,
+            port=cfg.port,
+            api_keys=keys,
+            limits=cfg.limits,
+            audit_log=cfg.audit_log,
+            ssl_certfile=cfg.ssl_certfile,
+            ssl_keyfile=cfg.ssl_keyfile,
+            log_level=cfg.log_level,
+            graceful_timeout_s=cfg.graceful_timeout_s,
+            announce=announce,
+        )
+    finally:
+        be.close()
+    err.print("fedcot serve: stopped")
+
+
 def run() -> None:  # pragma: no cover - console entry point helper
     """Entry point used by ``python -m fedcot``."""
     app()
