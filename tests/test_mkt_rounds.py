@@ -433,3 +433,34 @@ def test_cli_runs_and_resumes(tmp_path, tiny_parties, rte_folder):
     assert again.exit_code == 2 and "--resume" in again.output
     more = runner.invoke(app, ["mkt", "--config", str(path), "--resume"])
     assert more.exit_code == 0, more.output
+
+
+def test_heterogeneous_clients_and_one_to_one(tmp_path, tiny_parties, rte_folder):
+    from fedcot.mkt.rounds import run_mkt
+
+    het = _cfg(
+        tmp_path / "het",
+        tiny_parties,
+        rte_folder,
+        rounds=1,
+        server={"model": tiny_parties["small"]},
+        clients=[{"model": tiny_parties["big"]}, {"model": tiny_parties["small"]}],
+    )
+    res = run_mkt(het, progress=False)
+    assert res.manifest["scenario"] == "one-to-many heterogeneous"
+    # client-1 has its own tokenizer: both directions mapped; client-2 shares the server's.
+    assert len(res.manifest["vocab_maps"]) == 3
+    rows = {(e["party"], e["phase"]): e for e in res.metrics["training"]["1"]}
+    assert rows[("client-1", "distil from server")]["steps"] == 2
+    assert rows[("client-2", "distil from server")]["steps"] == 2
+
+    one = _cfg(
+        tmp_path / "one",
+        tiny_parties,
+        rte_folder,
+        rounds=1,
+        clients=[{"model": tiny_parties["small"]}],
+    )
+    res = run_mkt(one, progress=False)
+    assert res.manifest["scenario"] == "one-to-one"
+    assert set(res.metrics["rounds"]["1"]) == {"server", "client-1"}
