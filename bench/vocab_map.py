@@ -257,7 +257,8 @@ def report(d: dict) -> str:
         )
     elif d.get("fate_error"):
         body += f"\n\nFATE-LLM's mapping was not measured: {d['fate_error']}."
-    body += "\n\nThe machine is shared with other work, so timings may be inflated."
+    if "load_average" in d:
+        body += f"\n\n1-minute load average when the run started: {d['load_average']:.2f}."
     return body
 
 
@@ -268,8 +269,9 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     if not args.report_only:
+        load = os.getloadavg()[0]
         smol, gemma = (_raw_tokenizer(v) for v in MODELS.values())
-        data: dict = {"ours": _ours(smol, gemma)}
+        data: dict = {"ours": _ours(smol, gemma), "load_average": load}
         print(json.dumps(data["ours"], indent=2))
         if args.fate_sample > 0:
             try:
