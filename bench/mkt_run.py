@@ -138,7 +138,12 @@ def report(task: str) -> None:
                     f"| {row} | {r} | {party}{note} | {_kib(v['bytes'])} | "
                     f"{v['dense_bytes'] / 2**20:,.1f} MiB | {ratio:,.0f}× |"
                 )
-    lines += ["", "Wall time and selection:", ""]
+    lines += [
+        "",
+        "Wall time and selection (a round's time includes evaluating every party on the test "
+        "set; these runs shared the 2 cores with other jobs, so times are upper bounds):",
+        "",
+    ]
     for row, data in runs.items():
         tm = data["manifest"]["timings"]
         rounds = ", ".join(f"{k} {v:.0f} s" for k, v in tm.items() if k.startswith("round"))
