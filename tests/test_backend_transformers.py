@@ -337,3 +337,21 @@ def test_real_cached_scores_equal_uncached_cqa():
         reqs += [(chat, f"({'abcde'[i]}) {c}") for i, c in enumerate(choices)]
     got = be.loglikelihood(reqs)
     assert got == pytest.approx(_uncached(be, reqs), abs=1e-3)
+
+
+def test_a_vanishing_temperature_decodes_greedily():
+    """A temperature such as 1e-300 would overflow the logits to inf; it means greedy."""
+    from fedcot.models.backends.base import GenerationParams
+    from fedcot.models.backends.transformers import TransformersBackend
+
+    from tiny_models import make_tiny_lm
+
+    model, tok = make_tiny_lm(seed=0, chat=False)
+    backend = TransformersBackend(model, tok, batch_size=2)
+    assert GenerationParams(temperature=2.2e-308).greedy
+    assert not GenerationParams(temperature=0.5).greedy
+    tiny = backend.generate(
+        ["Question: two"], GenerationParams(max_new_tokens=4, temperature=1e-300)
+    )
+    greedy = backend.generate(["Question: two"], GenerationParams(max_new_tokens=4))
+    assert tiny[0].text == greedy[0].text

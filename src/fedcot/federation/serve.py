@@ -59,6 +59,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fedcot.config import BackendConfig
 from fedcot.errors import BackendError, ConfigError
 from fedcot.models.backends.base import (
+    GREEDY_BELOW,
     Backend,
     ChatMessage,
     Completion,
@@ -89,7 +90,6 @@ HEALTH_PATHS: tuple[str, ...] = ("/health", "/healthz")
 _DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens of /v1/completions
 _CHARS_PER_TOKEN = 4  # prompt-length estimate for backends without a tokenizer
 _LONG_PROMPT_CHARS = 20_000  # longer prompts are tokenised off the event loop
-_GREEDY_BELOW = 1e-5  # temperatures below this decode greedily (as vLLM does)
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -862,7 +862,7 @@ class _Service:
 
     def params(self, body: _Body, max_tokens: int) -> GenerationParams:
         temperature = 1.0 if body.temperature is None else body.temperature
-        if temperature < _GREEDY_BELOW:
+        if temperature < GREEDY_BELOW:
             temperature = 0.0  # dividing logits by ~0 overflows to inf/NaN: decode greedily
         return GenerationParams(
             max_new_tokens=max_tokens,

@@ -20,11 +20,16 @@ Prompt = str | list[ChatMessage]
 """A plain-completion prompt (str) or a chat conversation (list of messages)."""
 
 
+GREEDY_BELOW = 1e-5
+"""Temperatures below this decode greedily."""
+
+
 class GenerationParams(BaseModel):
     """Decoding parameters shared by every backend.
 
-    ``temperature == 0`` means greedy decoding. ``seed`` makes sampling reproducible
-    where the backend allows it.
+    ``temperature == 0`` means greedy decoding; so does any temperature below
+    ``GREEDY_BELOW`` (dividing logits by 1e-300 overflows to inf and breaks sampling).
+    ``seed`` makes sampling reproducible where the backend allows it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -54,7 +59,8 @@ class GenerationParams(BaseModel):
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        """Whether decoding is greedy (temperature 0 or below ``GREEDY_BELOW``)."""
+        return self.temperature < GREEDY_BELOW
 
 
 FinishReason = Literal["stop", "length"]
