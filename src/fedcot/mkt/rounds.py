@@ -478,6 +478,7 @@ def run_mkt(
                 on_step=lambda s, loss: advance(1),
             )
         return {
+            "party": party.name,
             "phase": what,
             "steps": stats.steps,
             "loss": stats.loss,
@@ -519,17 +520,14 @@ def run_mkt(
             phase(r, c.name, "local")
             steps = cfg.train.local_steps
             log.append(
-                {
-                    "party": c.name,
-                    **train(
-                        c,
-                        private_items[i - 1],
-                        steps,
-                        1.0,
-                        _seed(cfg.seed, r, i, 1),
-                        "private data",
-                    ),
-                }
+                train(
+                    c,
+                    private_items[i - 1],
+                    steps,
+                    1.0,
+                    _seed(cfg.seed, r, i, 1),
+                    "private data",
+                )
             )
         if cfg.fedavg and cfg.mode != "standalone":
             phase(r, "clients", "fedavg")
@@ -539,31 +537,25 @@ def run_mkt(
             for i, c in enumerate(clients, start=1):
                 phase(r, c.name, "distill")
                 log.append(
-                    {
-                        "party": c.name,
-                        **train(
-                            c,
-                            public_items[c.name],
-                            cfg.train.client_steps,
-                            1.0,
-                            _seed(cfg.seed, r, i, 3),
-                            "public labels",
-                        ),
-                    }
+                    train(
+                        c,
+                        public_items[c.name],
+                        cfg.train.client_steps,
+                        1.0,
+                        _seed(cfg.seed, r, i, 3),
+                        "public labels",
+                    )
                 )
             phase(r, server.name, "distill")
             log.append(
-                {
-                    "party": server.name,
-                    **train(
-                        server,
-                        public_items[server.name],
-                        cfg.train.server_steps,
-                        1.0,
-                        _seed(cfg.seed, r, 0, 2),
-                        "public labels",
-                    ),
-                }
+                train(
+                    server,
+                    public_items[server.name],
+                    cfg.train.server_steps,
+                    1.0,
+                    _seed(cfg.seed, r, 0, 2),
+                    "public labels",
+                )
             )
         else:
             # 2. clients → server: top-K logits and losses on the public set
@@ -619,7 +611,7 @@ def run_mkt(
                     _seed(cfg.seed, r, 0, 2),
                     "public labels",
                 )
-            log.append({"party": server.name, **entry})
+            log.append(entry)
             # 4. server → clients
             phase(r, server.name, "logits")
             s_rows, s_loss = server.public_logits(s_items, k=cfg.top_k, loss_unit=cfg.loss_unit)
@@ -657,7 +649,7 @@ def run_mkt(
                 )
                 entry["selected"] = sum(p is not None for p in picks)
                 entry["transferred"] = _transferred(picks)
-                log.append({"party": c.name, **entry})
+                log.append(entry)
         # 5. evaluate, checkpoint
         if cfg.eval_each_round or r == cfg.rounds:
             phase(r, "all", "evaluate")
