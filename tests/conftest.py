@@ -23,3 +23,15 @@ def shared_datasets() -> Path:
             "(set FEDCOT_SHARED_DATASETS to the shared/datasets folder)"
         )
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny random chat model saved as a transformers folder."""
+    from tiny_models import make_tiny_lm
+
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    model, tok = make_tiny_lm(seed=1, chat=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

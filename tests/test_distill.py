@@ -24,21 +24,11 @@ from fedcot.errors import ConfigError
 from fedcot.models.backends.base import Backend
 from fedcot.models.backends.replay import example_block
 from fedcot.privacy.units import split_units
+from leaks import sensitive_units
 
 from fake_openai_server import FakeOpenAIServer
-from tiny_models import make_tiny_lm
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    """A tiny random chat model saved as a transformers folder."""
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    model, tok = make_tiny_lm(seed=1, chat=True)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -173,15 +163,6 @@ def test_replay_teacher_only_serves_strategy_none():
         DistillConfig.model_validate({"strategy": "none", "decoder": "inverse-map"})
 
 
-def _sensitive_units(record: Example) -> set[str]:
-    out = set()
-    for sp in record.meta["spans"]:
-        for u in split_units(sp["text"]):
-            if u.kind in ("word", "number") and len(u.text) >= 2:
-                out.add(u.text)
-    return out
-
-
 @pytest.mark.models
 @pytest.mark.parametrize("strategy", ["exponential", "adaptive", "encoder-decoder"])
 def test_spy_server_receives_no_sensitive_unit(tmp_path, tiny_dir, strategy):
@@ -233,7 +214,7 @@ def test_spy_server_receives_no_sensitive_unit(tmp_path, tiny_dir, strategy):
         seen = Counter(u.text for u in split_units(block) if u.kind in ("word", "number"))
         # A sensitive unit may appear only where the mechanism drew that very string as the
         # stand-in of a *different* unit (e.g. "27" → "750" next to a phone with "750").
-        leaked = sorted(w for w in _sensitive_units(private[i]) if seen[w] > draws[i][w])
+        leaked = sorted(w for w in sensitive_units(private[i]) if seen[w] > draws[i][w])
         assert leaked == [], (private[i].id, leaked)
     received = "\n".join(example_block(p) for p in spy.received[len(spy.received) - len(prompts) :])
     for r in private:

@@ -31,8 +31,6 @@ import pytest
 
 from fedcot.cot.cache import RationaleCache
 
-from tiny_models import make_tiny_lm
-
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-fedcot-faults"
 KEY_ENV = "FEDCOT_FAULTS_KEY"
@@ -53,16 +51,6 @@ pytestmark = pytest.mark.network
 # --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    """A tiny random chat model saved as a transformers folder."""
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    model, tok = make_tiny_lm(seed=1, chat=True)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def _free_port() -> int:

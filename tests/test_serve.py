@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from fedcot.errors import BackendError
 from fedcot.federation.serve import ServeConfig, ServeLimits, create_app, make_server
 from fedcot.models.backends.base import Backend, Completion, GenerationParams, is_chat
+from leaks import sensitive_units
 
 from tiny_models import make_tiny_lm
 
@@ -48,16 +49,6 @@ def tiny_backend():
 
     model, tok = make_tiny_lm(seed=0, chat=True)
     return TransformersBackend(model, tok, name="tiny", batch_size=8)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    """A tiny random chat model saved as a transformers folder."""
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    model, tok = make_tiny_lm(seed=1, chat=True)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 class SpyBackend(Backend):
@@ -947,17 +938,6 @@ def test_sigterm_finishes_the_request_in_flight(tiny_dir, tmp_path):
 # --------------------------------------------------------------------------------------
 
 
-def _sensitive_units(record) -> set[str]:
-    from fedcot.privacy.units import split_units
-
-    out = set()
-    for sp in record.meta["spans"]:
-        for u in split_units(sp["text"]):
-            if u.kind in ("word", "number") and len(u.text) >= 2:
-                out.add(u.text)
-    return out
-
-
 @pytest.mark.network
 @pytest.mark.timeout(300)
 def test_fedcot_client_through_fedcot_serve_sends_no_sensitive_unit(
@@ -1025,7 +1005,7 @@ def test_fedcot_client_through_fedcot_serve_sends_no_sensitive_unit(
         # The prompt about this record: the one holding its perturbed fields.
         mine = [b for b in blocks if all(line in b for line in row["text"].split("\n"))]
         assert len(mine) == 1, (record.id, row["text"], blocks)
-        sensitive = _sensitive_units(record)
+        sensitive = sensitive_units(record)
         # Every sensitive unit went through the mechanism on the client...
         assert sensitive <= {u["original"] for u in row["units"]}, record.id
         draws = Counter(u["output"] for u in row["units"] if u["output"] != u["original"])
@@ -1039,7 +1019,7 @@ def test_fedcot_client_through_fedcot_serve_sends_no_sensitive_unit(
         leaked = sorted(w for w in sensitive if seen[w] > draws[w] + kept[w])
         assert leaked == [], (record.id, leaked)
         self_draws += sum(1 for w in sensitive if seen[w] > draws[w])
-    n_sensitive = sum(len(_sensitive_units(r)) for r in train)
+    n_sensitive = sum(len(sensitive_units(r)) for r in train)
     assert self_draws <= max(2, n_sensitive // 10), (self_draws, n_sensitive)
     everything = "\n".join(blocks)
     for record in train:
