@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ from fedcot.models.backends.base import Backend
 from fedcot.privacy.accountant import PrivacyAccountant
 from fedcot.privacy.perturb import Perturbation, Perturber, UnitDraw
 from fedcot.progress import progress_bar
+from fedcot.runs import check_run_config, package_versions, write_json
 
 __all__ = ["DistillResult", "RunFolder", "load_examples", "run_distill"]
 
@@ -103,17 +103,7 @@ class RunFolder:
     def open(self, cfg: DistillConfig, *, resume: bool) -> None:
         """Create the folder (or check that a resumed one belongs to the same config)."""
         text = dump_config(cfg)
-        if self.config.exists():
-            if not resume:
-                raise ConfigError(
-                    f"run folder {self.path} already holds a run",
-                    hint="pass --resume to continue it, or choose another output_dir",
-                )
-            if self.config.read_text(encoding="utf-8") != text:
-                raise ConfigError(
-                    f"run folder {self.path} holds a run with a different configuration",
-                    hint="resume with the same config, or choose another output_dir",
-                )
+        check_run_config(self.config, text, resume=resume)
         self.path.mkdir(parents=True, exist_ok=True)
         self.private.mkdir(exist_ok=True)
         self.config.write_text(text, encoding="utf-8")
@@ -124,14 +114,7 @@ class RunFolder:
         return {}
 
     def save_state(self, state: dict[str, Any]) -> None:
-        _write_json(self.state, state)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    tmp.replace(path)
+        write_json(self.state, state)
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -276,18 +259,6 @@ class DistillResult:
         return asdict(self)
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("fedcot", "torch", "transformers", "peft", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def _eval_method(cfg: DistillConfig, task: Task, ex: Example) -> str:
     if cfg.eval_method != "auto":
         return cfg.eval_method
@@ -337,7 +308,7 @@ def run_distill(
     manifest: dict[str, Any] = {
         "fedcot_run": "distill",
         "started": started,
-        "versions": _versions(),
+        "versions": package_versions(),
         "seeds": {"run": cfg.seed, "privacy": cfg.privacy.seed, "train": cfg.train.seed},
         "task": cfg.task,
         "data": {"source": cfg.data, "train": len(train), "test": len(test)},
@@ -349,7 +320,7 @@ def run_distill(
         "strategy": cfg.strategy,
         "decoder": cfg.decoder_name,
     }
-    _write_json(run.manifest, manifest)
+    write_json(run.manifest, manifest)
 
     # -- the client's model -------------------------------------------------------------
     t0 = time.perf_counter()
@@ -369,7 +340,7 @@ def run_distill(
             progress=progress,
         )
         res.write_predictions(run.path / "eval" / f"{name}_predictions.jsonl")
-        _write_json(run.path / "eval" / f"{name}.json", res.summary())
+        write_json(run.path / "eval" / f"{name}.json", res.summary())
         return res
 
     before: dict[str, Any] | None = None
@@ -566,7 +537,7 @@ def run_distill(
         train=train_info,
         run_dir=str(run.path),
     )
-    _write_json(run.metrics, out.to_dict())
+    write_json(run.metrics, out.to_dict())
     _plots(run, result.log_history, before, after)
     manifest.update(
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -574,7 +545,7 @@ def run_distill(
         timings=timings,
         rationales=rationale_info,
     )
-    _write_json(run.manifest, manifest)
+    write_json(run.manifest, manifest)
     state["timings"] = timings
     state["finished"] = manifest["finished"]
     run.save_state(state)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from fedcot.mkt.config import MKTConfig
 from fedcot.mkt.payloads import AdapterMessage, LogitsMessage, SampleLogits, TensorBlob
 from fedcot.mkt.selection import answer_loss, select_targets
 from fedcot.progress import progress_bar
+from fedcot.runs import check_run_config, package_versions, write_json
 
 if TYPE_CHECKING:
     from fedcot.evaluation import EvalResult
@@ -263,24 +263,6 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("fedcot", "torch", "transformers", "peft", "rapidfuzz", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def split_data(
     cfg: MKTConfig, task: Task
 ) -> tuple[list[Example], list[list[Example]], list[Example]]:
@@ -399,17 +381,7 @@ def run_mkt(
     cfg_text = dump_config(cfg)
     cfg_file = out / "config.yaml"
     state_file = out / "state.json"
-    if cfg_file.exists():
-        if not resume:
-            raise ConfigError(
-                f"run folder {out} already holds a run",
-                hint="pass --resume to continue it, or choose another output_dir",
-            )
-        if cfg_file.read_text(encoding="utf-8") != cfg_text:
-            raise ConfigError(
-                f"run folder {out} holds a run with a different configuration",
-                hint="resume with the same config, or choose another output_dir",
-            )
+    check_run_config(cfg_file, cfg_text, resume=resume)
     out.mkdir(parents=True, exist_ok=True)
     cfg_file.write_text(cfg_text, encoding="utf-8")
     state: dict[str, Any] = (
@@ -508,7 +480,7 @@ def run_mkt(
         con.log(f"resuming after round {done} of {cfg.rounds}")
     elif "0" not in metrics["rounds"]:
         evaluate_all(0)
-        _write_json(metrics_file, metrics)
+        write_json(metrics_file, metrics)
 
     # -- rounds ----------------------------------------------------------------------------
     for r in range(done + 1, cfg.rounds + 1):
@@ -670,8 +642,8 @@ def run_mkt(
         metrics["training"][str(r)] = log
         metrics["traffic"][str(r)] = traffic
         timings[f"round_{r}_s"] = round(time.perf_counter() - tr0, 2)
-        _write_json(metrics_file, metrics)
-        _write_json(state_file, {"completed_round": r, "timings": timings})
+        write_json(metrics_file, metrics)
+        write_json(state_file, {"completed_round": r, "timings": timings})
         con.log(f"round {r}/{cfg.rounds} done in {timings[f'round_{r}_s']:.0f} s")
 
     _plot(metrics, out / "plots" / "accuracy.png")
@@ -699,9 +671,9 @@ def run_mkt(
         },
         "vocab_maps": map_info,
         "timings": timings,
-        "versions": _versions(),
+        "versions": package_versions("rapidfuzz"),
     }
-    _write_json(out / "manifest.json", manifest)
+    write_json(out / "manifest.json", manifest)
     return MKTResult(out, metrics, manifest)
 
 
