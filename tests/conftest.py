@@ -35,3 +35,19 @@ def tiny_dir(tmp_path_factory) -> Path:
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_parties(tmp_path_factory) -> dict[str, str]:
+    """Two tiny random models with two different byte-level tokenizers (FedMKT tests)."""
+    from mkt_common import make_tiny_parties
+
+    return make_tiny_parties(tmp_path_factory.mktemp("tiny-mkt"))
+
+
+@pytest.fixture(scope="module")
+def rte_folder(tmp_path_factory) -> Path:
+    """A tiny RTE-format dataset (train.jsonl, test.jsonl)."""
+    from mkt_common import write_rte
+
+    return write_rte(tmp_path_factory.mktemp("rte"))

@@ -24,9 +24,9 @@ from fedcot.errors import ConfigError
 from fedcot.models.backends.base import Backend
 from fedcot.models.backends.replay import example_block
 from fedcot.privacy.units import split_units
-from leaks import sensitive_units
 
 from fake_openai_server import FakeOpenAIServer
+from leaks import sensitive_units
 
 ROOT = Path(__file__).resolve().parents[1]
 

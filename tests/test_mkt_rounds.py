@@ -15,6 +15,8 @@ from fedcot.mkt.align import SparseRows
 from fedcot.mkt.config import MKTConfig
 from fedcot.mkt.payloads import AdapterMessage, LogitsMessage, SampleLogits, TensorBlob
 
+from mkt_common import mkt_cfg, read_adapters, save_tiny
+
 torch = pytest.importorskip("torch")
 
 
@@ -164,89 +166,11 @@ def test_config_rules():
 # --------------------------------------------------------------------------------------
 
 
-def _save_tiny(folder: Path, tok, seed: int) -> str:
-    from tiny_models import tiny_llama
-
-    tiny_llama(tok, seed, max_positions=1024).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def tiny_parties(tmp_path_factory) -> dict[str, str]:
-    """Two tiny random models with two different byte-level tokenizers."""
-    from tiny_models import make_tokenizer
-
-    root = tmp_path_factory.mktemp("tiny-mkt")
-    return {
-        "big": _save_tiny(root / "big", make_tokenizer(400, chat=False), 1),
-        "small": _save_tiny(root / "small", make_tokenizer(300, chat=False), 2),
-    }
-
-
-@pytest.fixture(scope="module")
-def rte_folder(tmp_path_factory) -> Path:
-    """A tiny RTE-format dataset (train.jsonl, test.jsonl)."""
-    root = tmp_path_factory.mktemp("rte")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 40), ("test", 6)):
-        rows = []
-        for i in range(n):
-            x = int(rng.integers(1, 99))
-            ent = bool(i % 2)
-            rows.append(
-                {
-                    "premise": f"Maria paid {x} EUR for the rent in {split} case {i}.",
-                    "hypothesis": f"Maria paid {x if ent else x + 7} EUR.",
-                    "label": "entailment" if ent else "not_entailment",
-                    "idx": i,
-                }
-            )
-        (root / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return root
-
-
-def _cfg(tmp_path: Path, parties: dict[str, str], data: Path, **kw) -> MKTConfig:
-    base = {
-        "task": "rte",
-        "data": str(data),
-        "public_size": 6,
-        "private_size": 5,
-        "test_limit": 4,
-        "server": {"model": parties["big"]},
-        "clients": [{"model": parties["small"]}, {"model": parties["small"]}],
-        "rounds": 2,
-        "top_k": 4,
-        "train": {
-            "local_steps": 2,
-            "server_steps": 2,
-            "client_steps": 2,
-            "batch_size": 2,
-            "lora_r": 4,
-            "learning_rate": 1e-3,
-        },
-        "output_dir": str(tmp_path / "run"),
-    }
-    base.update(kw)
-    return MKTConfig.model_validate(base)
-
-
-def _adapters(run: Path, round_no: int) -> dict[str, dict[str, np.ndarray]]:
-    from safetensors.numpy import load_file
-
-    folder = run / "rounds" / f"round-{round_no}"
-    return {
-        p.name: load_file(str(p / "adapter_model.safetensors"))
-        for p in sorted(folder.iterdir())
-        if p.is_dir()
-    }
-
-
 def test_mutual_rounds_end_to_end(tmp_path, tiny_parties, rte_folder):
     from fedcot.mkt.rounds import run_mkt
 
     seen: list[tuple[int, str, str]] = []
-    cfg = _cfg(tmp_path, tiny_parties, rte_folder)
+    cfg = mkt_cfg(tmp_path, tiny_parties, rte_folder)
     res = run_mkt(cfg, progress=False, hook=lambda r, p, ph: seen.append((r, p, ph)))
     run = Path(cfg.output_dir)
     for name in ("config.yaml", "manifest.json", "metrics.json", "state.json"):
@@ -282,7 +206,7 @@ def test_mutual_rounds_end_to_end(tmp_path, tiny_parties, rte_folder):
     assert len(man["data"]["public_ids"]) == 6
     assert man["vocab_maps"]
     # The adapters changed in training and reload with plain PEFT.
-    a1, a2 = _adapters(run, 1), _adapters(run, 2)
+    a1, a2 = read_adapters(run, 1), read_adapters(run, 2)
     assert set(a1) == {"server", "client-1", "client-2"}
     assert any(not np.array_equal(a1["server"][k], a2["server"][k]) for k in a1["server"])
     from peft import PeftModel
@@ -300,7 +224,7 @@ def test_resume_after_an_interrupted_round_matches_an_uninterrupted_run(
 ):
     from fedcot.mkt.rounds import run_mkt
 
-    full = _cfg(tmp_path / "a", tiny_parties, rte_folder)
+    full = mkt_cfg(tmp_path / "a", tiny_parties, rte_folder)
     run_mkt(full, progress=False)
 
     class Boom(RuntimeError):
@@ -310,7 +234,7 @@ def test_resume_after_an_interrupted_round_matches_an_uninterrupted_run(
         if (r, party, phase) == (2, "client-2", "distill"):
             raise Boom
 
-    cut = _cfg(tmp_path / "b", tiny_parties, rte_folder)
+    cut = mkt_cfg(tmp_path / "b", tiny_parties, rte_folder)
     with pytest.raises(Boom):
         run_mkt(cut, progress=False, hook=fail)
     state = json.loads((Path(cut.output_dir) / "state.json").read_text())
@@ -318,13 +242,13 @@ def test_resume_after_an_interrupted_round_matches_an_uninterrupted_run(
     asked: list[tuple[int, str, str]] = []
     run_mkt(cut, resume=True, progress=False, hook=lambda r, p, ph: asked.append((r, p, ph)))
     assert {r for r, _, _ in asked} == {2}  # round 1 was not run again
-    a = _adapters(Path(full.output_dir), 2)
-    b = _adapters(Path(cut.output_dir), 2)
+    a = read_adapters(Path(full.output_dir), 2)
+    b = read_adapters(Path(cut.output_dir), 2)
     for party in a:
         for k in a[party]:
             np.testing.assert_allclose(a[party][k], b[party][k], atol=1e-6, err_msg=party)
     # A resumed run must have the same config.
-    other = _cfg(tmp_path / "b", tiny_parties, rte_folder, top_k=3)
+    other = mkt_cfg(tmp_path / "b", tiny_parties, rte_folder, top_k=3)
     with pytest.raises(ConfigError, match="different configuration"):
         run_mkt(other, resume=True, progress=False)
 
@@ -342,25 +266,26 @@ def test_fedavg_one_way_and_standalone(tmp_path, tiny_parties, rte_folder):
     import fedcot.mkt.rounds as rounds
 
     engine_parties: dict[str, object] = {}
-    real_load = rounds._load_party
+    real_load = rounds.load_party
 
-    def spy_load(cfg, name, model, index):
-        p = real_load(cfg, name, model, index)
+    def spy_load(cfg, name):
+        p = real_load(cfg, name)
         engine_parties[name] = p
         return p
 
-    rounds._load_party = spy_load
+    rounds.load_party = spy_load
     try:
-        cfg = _cfg(tmp_path / "avg", tiny_parties, rte_folder, fedavg=True, rounds=1)
+        cfg = mkt_cfg(tmp_path / "avg", tiny_parties, rte_folder, fedavg=True, rounds=1)
         res = run_mkt(cfg, progress=False, hook=grab)
     finally:
-        rounds._load_party = real_load
+        rounds.load_party = real_load
     for k in states["client-1"]:
         np.testing.assert_allclose(states["client-1"][k], states["client-2"][k], atol=1e-7)
     assert res.metrics["traffic"]["1"]["fedavg_bytes"] > 0
 
     one = run_mkt(
-        _cfg(tmp_path / "one", tiny_parties, rte_folder, mode="one-way", rounds=1), progress=False
+        mkt_cfg(tmp_path / "one", tiny_parties, rte_folder, mode="one-way", rounds=1),
+        progress=False,
     )
     t = one.metrics["traffic"]["1"]
     assert "server" in t and "client-1" not in t  # nothing flows client → server
@@ -368,7 +293,7 @@ def test_fedavg_one_way_and_standalone(tmp_path, tiny_parties, rte_folder):
     assert ("server", "public labels") in phases
 
     alone = run_mkt(
-        _cfg(tmp_path / "alone", tiny_parties, rte_folder, mode="standalone", rounds=1),
+        mkt_cfg(tmp_path / "alone", tiny_parties, rte_folder, mode="standalone", rounds=1),
         progress=False,
     )
     assert alone.metrics["traffic"]["1"] == {}
@@ -391,10 +316,10 @@ def test_rounds_with_two_real_tokenizers(tmp_path, rte_folder):
     smol = AutoTokenizer.from_pretrained(str(prepare("smollm2-135m-instruct")))
     gemma = AutoTokenizer.from_pretrained(str(prepare("gemma3-270m")))
     parties = {
-        "big": _save_tiny(tmp_path / "gemma-tiny", gemma, 3),
-        "small": _save_tiny(tmp_path / "smol-tiny", smol, 4),
+        "big": save_tiny(tmp_path / "gemma-tiny", gemma, 3),
+        "small": save_tiny(tmp_path / "smol-tiny", smol, 4),
     }
-    cfg = _cfg(tmp_path, parties, rte_folder, rounds=1)
+    cfg = mkt_cfg(tmp_path, parties, rte_folder, rounds=1)
     res = run_mkt(cfg, progress=False)
     rows = {(e["party"], e["phase"]): e for e in res.metrics["training"]["1"]}
     # Selected samples got KD rows in both directions.
@@ -420,7 +345,7 @@ def test_cli_runs_and_resumes(tmp_path, tiny_parties, rte_folder):
 
     from fedcot.cli import app
 
-    cfg = _cfg(tmp_path, tiny_parties, rte_folder, rounds=1)
+    cfg = mkt_cfg(tmp_path, tiny_parties, rte_folder, rounds=1)
     from fedcot.config import dump_config
 
     path = tmp_path / "mkt.yaml"
@@ -438,7 +363,7 @@ def test_cli_runs_and_resumes(tmp_path, tiny_parties, rte_folder):
 def test_heterogeneous_clients_and_one_to_one(tmp_path, tiny_parties, rte_folder):
     from fedcot.mkt.rounds import run_mkt
 
-    het = _cfg(
+    het = mkt_cfg(
         tmp_path / "het",
         tiny_parties,
         rte_folder,
@@ -454,7 +379,7 @@ def test_heterogeneous_clients_and_one_to_one(tmp_path, tiny_parties, rte_folder
     assert rows[("client-1", "distil from server")]["steps"] == 2
     assert rows[("client-2", "distil from server")]["steps"] == 2
 
-    one = _cfg(
+    one = mkt_cfg(
         tmp_path / "one",
         tiny_parties,
         rte_folder,

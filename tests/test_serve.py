@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from fedcot.errors import BackendError
 from fedcot.federation.serve import ServeConfig, ServeLimits, create_app, make_server
 from fedcot.models.backends.base import Backend, Completion, GenerationParams, is_chat
-from leaks import sensitive_units
 
+from leaks import sensitive_units
 from tiny_models import make_tiny_lm
 
 ROOT = Path(__file__).resolve().parents[1]

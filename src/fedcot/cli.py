@@ -341,29 +341,28 @@ def distill_cmd(
 # -- mkt -----------------------------------------------------------------------------------
 
 
-@app.command("mkt")
-@friendly_errors
-def mkt_cmd(
-    config: ConfigOpt = None,
-    task: Annotated[str | None, typer.Option(help="rte, cqa, esnli, ...")] = None,
-    data: Annotated[str | None, typer.Option(help="Dataset source.")] = None,
-    rounds: Annotated[int | None, typer.Option(help="Number of rounds.")] = None,
-    mode: Annotated[
-        str | None, typer.Option(help="mutual | one-way | standalone (the baseline).")
-    ] = None,
-    top_k: Annotated[int | None, typer.Option(help="Logits sent per token.")] = None,
-    output_dir: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in output_dir.")
-    ] = False,
-    overrides: SetOpt = None,
-) -> None:
-    """Run FedMKT: a server LLM and client SLMs teach each other through top-K logits."""
+MKTTask = Annotated[str | None, typer.Option(help="rte, cqa, esnli, ...")]
+MKTData = Annotated[str | None, typer.Option(help="Dataset source.")]
+MKTRounds = Annotated[int | None, typer.Option(help="Number of rounds.")]
+MKTMode = Annotated[str | None, typer.Option(help="mutual | one-way | standalone (the baseline).")]
+MKTTopK = Annotated[int | None, typer.Option(help="Logits sent per token.")]
+MKTOut = Annotated[Path | None, typer.Option(help="Run folder.")]
+
+
+def _mkt_config(
+    config: Path | None,
+    overrides: list[str] | None,
+    task: str | None,
+    data: str | None,
+    rounds: int | None,
+    mode: str | None,
+    top_k: int | None,
+    output_dir: Path | None,
+) -> Any:
     from fedcot.config import load_config
     from fedcot.mkt.config import MKTConfig
-    from fedcot.mkt.rounds import run_mkt
 
-    cfg = load_config(
+    return load_config(
         MKTConfig,
         config,
         overrides or [],
@@ -376,19 +375,161 @@ def mkt_cmd(
             "output_dir": str(output_dir) if output_dir else None,
         },
     )
-    result = run_mkt(cfg, resume=resume, console=err)
-    table = Table(title=f"fedcot mkt · {cfg.task} · {cfg.scenario} · {cfg.mode}")
+
+
+def _print_mkt(cfg: Any, metrics: dict[str, Any], folder: Path, engine: str = "") -> None:
+    from fedcot.federation.flower import accuracy_table
+
+    acc = accuracy_table(metrics)
+    table = Table(title=f"fedcot mkt{engine} · {cfg.task} · {cfg.scenario} · {cfg.mode}")
     table.add_column("party")
-    rounds_done = sorted(int(r) for r in result.metrics["rounds"])
+    rounds_done = sorted(int(r) for r in metrics["rounds"])
     for r in rounds_done:
         table.add_column("before" if r == 0 else f"round {r}", justify="right")
     for name in cfg.party_names():
-        table.add_row(
-            name,
-            *(f"{100 * result.accuracy(name, r):.1f} %" for r in rounds_done),
-        )
+        row = acc.get(name, {})
+        table.add_row(name, *(f"{100 * row[r]:.1f} %" if r in row else "—" for r in rounds_done))
     out.print(table)
-    out.print(f"run folder: {result.output_dir}")
+    dropped = [e for evs in metrics.get("dropouts", {}).values() for e in evs if "reason" in e]
+    for e in dropped:
+        out.print(
+            f"[yellow]round {e['round']}: {e['party']} dropped at {e['phase']}: {e['reason']}"
+        )
+    out.print(f"run folder: {folder}")
+
+
+@app.command("mkt")
+@friendly_errors
+def mkt_cmd(
+    config: ConfigOpt = None,
+    task: MKTTask = None,
+    data: MKTData = None,
+    rounds: MKTRounds = None,
+    mode: MKTMode = None,
+    top_k: MKTTopK = None,
+    output_dir: MKTOut = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in output_dir.")
+    ] = False,
+    overrides: SetOpt = None,
+) -> None:
+    """Run FedMKT: a server LLM and client SLMs teach each other through top-K logits."""
+    from fedcot.mkt.rounds import run_mkt
+
+    cfg = _mkt_config(config, overrides, task, data, rounds, mode, top_k, output_dir)
+    result = run_mkt(cfg, resume=resume, console=err)
+    _print_mkt(cfg, result.metrics, result.output_dir)
+
+
+# -- flower --------------------------------------------------------------------------------
+
+flower_app = typer.Typer(
+    help="FedMKT over Flower: write the Flower App, or run a whole federation on this machine.",
+    no_args_is_help=True,
+)
+app.add_typer(flower_app, name="flower")
+
+ReplyTimeout = Annotated[
+    float, typer.Option(help="Seconds the server waits for a phase's replies; then it drops.")
+]
+HelloTimeout = Annotated[float, typer.Option(help="Seconds to wait for a SuperNode's greeting.")]
+MinClients = Annotated[int, typer.Option(help="Clients needed to start (0: all of the config).")]
+WaitClients = Annotated[float, typer.Option(help="Seconds to wait for those clients.")]
+
+
+@flower_app.command("app")
+@friendly_errors
+def flower_app_cmd(
+    folder: Annotated[Path, typer.Argument(help="Folder to write the Flower App into.")],
+    config: ConfigOpt = None,
+    task: MKTTask = None,
+    data: MKTData = None,
+    rounds: MKTRounds = None,
+    mode: MKTMode = None,
+    top_k: MKTTopK = None,
+    output_dir: MKTOut = None,
+    reply_timeout: ReplyTimeout = 1800.0,
+    hello_timeout: HelloTimeout = 120.0,
+    min_clients: MinClients = 0,
+    wait_clients: WaitClients = 300.0,
+    overrides: SetOpt = None,
+) -> None:
+    """Write a Flower App (pyproject.toml) that runs this FedMKT config with `flwr run`."""
+    from fedcot.federation.flower import write_flower_app
+
+    cfg = _mkt_config(config, overrides, task, data, rounds, mode, top_k, output_dir)
+    path = write_flower_app(
+        folder,
+        cfg,
+        reply_timeout=reply_timeout,
+        hello_timeout=hello_timeout,
+        min_clients=min_clients,
+        wait_clients=wait_clients,
+    )
+    names = cfg.party_names()[1:]
+    out.print(f"wrote {path}")
+    out.print("next (docs/deploy.md has the TLS and SuperNode-authentication setup):")
+    out.print("  server:  flower-superlink --disable-runtime-dependency-installation …")
+    for n in names:
+        out.print(
+            f"  {n}: flower-supernode --superlink HOST:PORT "
+            f'--node-config \'party="{n}" data="/path/to/datasets"\' …'
+        )
+    out.print(f"  then:    flwr run {folder} <connection> --stream")
+
+
+@flower_app.command("local")
+@friendly_errors
+def flower_local_cmd(
+    config: ConfigOpt = None,
+    task: MKTTask = None,
+    data: MKTData = None,
+    rounds: MKTRounds = None,
+    mode: MKTMode = None,
+    top_k: MKTTopK = None,
+    output_dir: MKTOut = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in output_dir.")
+    ] = False,
+    reply_timeout: ReplyTimeout = 1800.0,
+    hello_timeout: HelloTimeout = 120.0,
+    timeout: Annotated[float, typer.Option(help="Seconds the whole run may take.")] = 86400.0,
+    overrides: SetOpt = None,
+) -> None:
+    """Run FedMKT over Flower on this machine: a SuperLink and one SuperNode per client on
+    127.0.0.1 (real processes, TLS off on loopback), then `flwr run`."""
+    import json
+
+    from fedcot.config import dump_config
+    from fedcot.federation.flower import absolute_paths, write_flower_app
+    from fedcot.federation.flower_local import LocalFederation
+    from fedcot.runs import check_run_config
+
+    cfg = absolute_paths(
+        _mkt_config(config, overrides, task, data, rounds, mode, top_k, output_dir)
+    )
+    folder = Path(cfg.output_dir)
+    check_run_config(folder / "config.yaml", dump_config(cfg), resume=resume)
+    work = folder / "flower"
+    app_dir = write_flower_app(
+        work / "app", cfg, reply_timeout=reply_timeout, hello_timeout=hello_timeout
+    ).parent
+    with LocalFederation(work) as fed:
+        fed.start_superlink()
+        for name in cfg.party_names()[1:]:
+            fed.start_supernode(name, work / "clients")
+        err.print(f"SuperLink on {fed.address}; logs in {fed.logs}")
+        res = fed.run(app_dir, {"resume": True} if resume else None, timeout=timeout, echo=True)
+    metrics_file = folder / "metrics.json"
+    state_file = folder / "state.json"
+    done = json.loads(state_file.read_text())["completed_round"] if state_file.exists() else 0
+    if res.returncode != 0 or done < cfg.rounds:
+        raise FedcotError(
+            f"the Flower run ended after {done} of {cfg.rounds} rounds (flwr exit code "
+            f"{res.returncode})",
+            hint=f"see the log above and {work / 'logs'}; --resume continues the run",
+        )
+    _print_mkt(cfg, json.loads(metrics_file.read_text()), folder, " over Flower")
 
 
 # -- perturb -------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from fedcot.runs import check_run_config, package_versions, write_json
 if TYPE_CHECKING:
     from fedcot.evaluation import EvalResult
 
-__all__ = ["MKTResult", "Party", "run_mkt"]
+__all__ = ["MKTResult", "Party", "RunFolder", "Vocab", "load_party", "run_mkt"]
 
 PhaseHook = Callable[[int, str, str], None]
 """``hook(round, party, phase)``, called before each phase (tests inject faults with it)."""
@@ -242,8 +242,11 @@ class Party:
 
 
 # --------------------------------------------------------------------------------------
-# The run
+# Steps shared by the in-process engine and the Flower app
 # --------------------------------------------------------------------------------------
+
+LOCAL, SERVER_DISTILL, CLIENT_DISTILL = 1, 2, 3
+"""Phase numbers in the seeds: every phase is seeded by (seed, round, party index, phase)."""
 
 
 @dataclass
@@ -261,6 +264,54 @@ class MKTResult:
 
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def phase_seed(cfg: MKTConfig, round_no: int, index: int, phase: int) -> int:
+    """The seed of one party's phase in one round (index 0 = server, i = client i)."""
+    return _seed(cfg.seed, round_no, index, phase)
+
+
+@dataclass
+class Vocab:
+    """What a party needs to know of another's tokenizer (tokenizers are public)."""
+
+    model_name: str
+    tokenizer: Any
+    texts: list[str]
+    tokenizer_hash: str
+
+    @classmethod
+    def load(cls, model_name: str) -> Vocab:
+        """Load only the tokenizer of ``model_name`` (no weights)."""
+        from fedcot.mkt.vocab_map import token_strings, tokenizer_hash
+        from fedcot.models.registry import load_tokenizer
+
+        tok = load_tokenizer(model_name)
+        return cls(model_name, tok, token_strings(tok), tokenizer_hash(tok))
+
+
+def vocab_maps(
+    pairs: Sequence[tuple[Any, Any]], *, progress: bool
+) -> tuple[dict[tuple[str, str], np.ndarray], dict[str, Any]]:
+    """MinED maps for (sender, receiver) pairs of parties or :class:`Vocab` objects.
+
+    Returns the maps keyed by (sender hash, receiver hash) and their quality per direction.
+    """
+    from fedcot.mkt.vocab_map import build_vocab_map
+
+    maps: dict[tuple[str, str], np.ndarray] = {}
+    info: dict[str, Any] = {}
+    for src, dst in pairs:
+        key = (src.tokenizer_hash, dst.tokenizer_hash)
+        if key in maps:
+            continue
+        vm = build_vocab_map(src.tokenizer, dst.tokenizer, progress=progress)
+        maps[key] = vm.ids
+        info[f"{src.model_name} -> {dst.model_name}"] = {
+            "exact": round(vm.exact_share, 4),
+            "within_1": round(vm.within1_share, 4),
+        }
+    return maps, info
 
 
 def split_data(
@@ -291,13 +342,19 @@ def split_data(
     return public, private, test
 
 
-def _load_party(cfg: MKTConfig, name: str, model_name: str, index: int) -> Party:
+def load_party(cfg: MKTConfig, name: str) -> Party:
+    """Load a party's model by its name in ``cfg`` and put a seeded LoRA on it."""
     import torch
 
     from fedcot.models.registry import load_model
     from fedcot.train.lora import apply_lora
     from fedcot.train.multitask import TrainConfig
 
+    names = cfg.party_names()
+    if name not in names:
+        raise ConfigError(f"no party {name!r} in this run", hint=f"parties: {', '.join(names)}")
+    index = names.index(name)
+    model_name = cfg.server.model if index == 0 else cfg.clients[index - 1].model
     model, tokenizer = load_model(model_name)
     t = cfg.train
     lora_cfg = TrainConfig(
@@ -312,26 +369,145 @@ def _load_party(cfg: MKTConfig, name: str, model_name: str, index: int) -> Party
     return Party(name, model_name, model, tokenizer, max_length=t.max_length)
 
 
-def _fedavg(clients: Sequence[Party], weights: Sequence[int], round_no: int) -> int:
-    """Average the clients' adapters (weighted by private size); returns bytes sent."""
-    msgs = [
-        AdapterMessage(
-            round=round_no,
-            sender=c.name,
-            model=c.model_name,
-            n_examples=w,
-            tensors={k: TensorBlob.from_array(v) for k, v in c.adapter_state().items()},
+def train_party(
+    cfg: MKTConfig,
+    party: Party,
+    items: Sequence[Any],
+    *,
+    steps: int,
+    lam: float,
+    seed: int,
+    what: str,
+    progress: bool,
+) -> dict[str, Any]:
+    """``steps`` seeded AdamW steps of λ·L_FT + (1 − λ)·L_KD; returns the log entry."""
+    from fedcot.train.distill import KDItem, train_steps
+
+    kd_items = [it if isinstance(it, KDItem) else KDItem(it.input_ids, it.labels) for it in items]
+    with progress_bar(steps, f"{party.name}: {what}", enabled=progress) as advance:
+        stats = train_steps(
+            party.model,
+            kd_items,
+            steps=steps,
+            batch_size=cfg.train.batch_size,
+            learning_rate=cfg.train.learning_rate,
+            lam=lam,
+            seed=seed,
+            pad_id=int(party.tokenizer.pad_token_id),
+            on_step=lambda s, loss: advance(1),
         )
-        for c, w in zip(clients, weights)
+    return {
+        "party": party.name,
+        "phase": what,
+        "steps": stats.steps,
+        "loss": stats.loss,
+        "ft": stats.ft_loss,
+        "kd": stats.kd_loss,
+        "kd_rows": stats.kd_rows,
+        "seconds": stats.seconds,
+    }
+
+
+def distil_from(
+    cfg: MKTConfig,
+    party: Party,
+    items: Sequence[PublicItem],
+    own_losses: np.ndarray,
+    messages: Sequence[LogitsMessage],
+    maps: dict[tuple[str, str], np.ndarray],
+    texts: dict[str, Sequence[str]],
+    *,
+    steps: int,
+    seed: int,
+    what: str,
+    progress: bool,
+) -> dict[str, Any]:
+    """Align every teacher's rows to ``party``, select per sample (``cfg.selection``) and
+    distil. With no teacher left (all dropped out) it trains on the labels alone."""
+    if not messages:
+        entry = train_party(
+            cfg,
+            party,
+            items,
+            steps=steps,
+            lam=1.0,
+            seed=seed,
+            what="public labels",
+            progress=progress,
+        )
+        return {**entry, "selected": 0, "transferred": 0, "teachers": []}
+    teacher_rows = [
+        party.targets_from(
+            m, items, maps[(m.tokenizer_hash, party.tokenizer_hash)], texts[m.tokenizer_hash]
+        )
+        for m in messages
     ]
-    msgs = [AdapterMessage.model_validate_json(m.model_dump_json()) for m in msgs]
+    teacher_loss = np.stack([m.losses() for m in messages])
+    picks = select_targets(cfg.selection, own_losses, teacher_loss, teacher_rows, cfg.temperature)
+    entry = train_party(
+        cfg,
+        party,
+        _with_targets(items, picks),
+        steps=steps,
+        lam=cfg.lam,
+        seed=seed,
+        what=what,
+        progress=progress,
+    )
+    entry["selected"] = sum(p is not None for p in picks)
+    entry["transferred"] = _transferred(picks)
+    entry["teachers"] = [m.sender for m in messages]
+    return entry
+
+
+def average_adapters(msgs: Sequence[AdapterMessage]) -> dict[str, np.ndarray]:
+    """FedAvg: the adapters weighted by each sender's number of private examples."""
     total = sum(m.n_examples for m in msgs)
-    avg = {
+    return {
         k: sum(m.tensors[k].array() * (m.n_examples / total) for m in msgs) for k in msgs[0].tensors
     }
+
+
+def adapter_message(party: Party, round_no: int, n_examples: int) -> AdapterMessage:
+    """A party's LoRA tensors as a typed message."""
+    return AdapterMessage(
+        round=round_no,
+        sender=party.name,
+        model=party.model_name,
+        n_examples=n_examples,
+        tensors={k: TensorBlob.from_array(v) for k, v in party.adapter_state().items()},
+    )
+
+
+def _fedavg(clients: Sequence[Party], weights: Sequence[int], round_no: int) -> int:
+    """Average the clients' adapters (weighted by private size); returns bytes sent."""
+    msgs = [adapter_message(c, round_no, w) for c, w in zip(clients, weights)]
+    msgs = [AdapterMessage.model_validate_json(m.model_dump_json()) for m in msgs]
+    avg = average_adapters(msgs)
     for c in clients:
         c.set_adapter_state(avg)
     return sum(m.nbytes() for m in msgs)
+
+
+def save_adapter(party: Party, folder: Path) -> None:
+    """Save ``party``'s adapter to ``folder`` atomically (written beside it, then renamed)."""
+    import shutil
+
+    # A name of its own per process: two processes may save the same phase at once (a
+    # stopped Flower run's last task and its resumed run); both write identical tensors.
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    party.save(tmp)
+    for attempt in range(3):
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(tmp, folder)
+            return
+        except OSError:
+            if attempt == 2:
+                raise
 
 
 def _plot(metrics: dict[str, Any], path: Path) -> None:
@@ -342,10 +518,12 @@ def _plot(metrics: dict[str, Any], path: Path) -> None:
 
     rounds = sorted(int(r) for r in metrics["rounds"])
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    parties = list(metrics["rounds"][str(rounds[0])]) if rounds else []
+    parties: list[str] = []
+    for r in rounds:
+        parties += [p for p in metrics["rounds"][str(r)] if p not in parties]
     for p in parties:
-        ys = [100 * metrics["rounds"][str(r)][p]["accuracy"] for r in rounds]
-        ax.plot(rounds, ys, marker="o", label=p)
+        pts = [(r, metrics["rounds"][str(r)][p]) for r in rounds if p in metrics["rounds"][str(r)]]
+        ax.plot([r for r, _ in pts], [100 * v["accuracy"] for _, v in pts], marker="o", label=p)
     ax.set_xlabel("round (0 = before)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_xticks(rounds)
@@ -358,6 +536,134 @@ def _plot(metrics: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+class RunFolder:
+    """The server's run folder: config guard, state, metrics, checkpoints and manifest.
+
+    ``config.yaml`` (a resume must use the same config), ``state.json`` (the last finished
+    round and timings), ``metrics.json`` (accuracy per party per round, training log,
+    traffic), ``rounds/round-N/<party>/`` (adapters), ``eval/round-N/<party>.jsonl``,
+    ``plots/accuracy.png`` and ``manifest.json``.
+    """
+
+    def __init__(self, cfg: MKTConfig, *, resume: bool) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        cfg_text = dump_config(cfg)
+        cfg_file = self.out / "config.yaml"
+        check_run_config(cfg_file, cfg_text, resume=resume)
+        self.out.mkdir(parents=True, exist_ok=True)
+        cfg_file.write_text(cfg_text, encoding="utf-8")
+        self.state_file = self.out / "state.json"
+        self.metrics_file = self.out / "metrics.json"
+        state: dict[str, Any] = (
+            json.loads(self.state_file.read_text(encoding="utf-8"))
+            if self.state_file.exists()
+            else {}
+        )
+        self.metrics: dict[str, Any] = (
+            json.loads(self.metrics_file.read_text(encoding="utf-8"))
+            if self.metrics_file.exists() and state
+            else {"rounds": {}, "traffic": {}, "training": {}}
+        )
+        self.done = int(state.get("completed_round", 0))
+        self.timings: dict[str, float] = dict(state.get("timings", {}))
+
+    def checkpoint_dir(self, round_no: int) -> Path:
+        return self.out / "rounds" / f"round-{round_no}"
+
+    def record_eval(self, round_no: int, party: str, result: Any) -> dict[str, Any]:
+        """Store one party's evaluation (an ``EvalResult`` or its summary dict)."""
+        if not isinstance(result, dict):
+            result.write_predictions(self.out / "eval" / f"round-{round_no}" / f"{party}.jsonl")
+            result = result.summary()
+        self.metrics["rounds"].setdefault(str(round_no), {})[party] = result
+        return result
+
+    def save_metrics(self) -> None:
+        write_json(self.metrics_file, self.metrics)
+
+    def finish_round(
+        self,
+        round_no: int,
+        parties: Sequence[Party],
+        log: list[dict[str, Any]],
+        traffic: dict[str, Any],
+        seconds: float,
+        **extra: Any,
+    ) -> None:
+        """Checkpoint ``parties`` atomically, then record the round as finished."""
+        import shutil
+
+        folder = self.checkpoint_dir(round_no)
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        for p in parties:
+            p.save(tmp / p.name)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+        self.metrics["training"][str(round_no)] = log
+        self.metrics["traffic"][str(round_no)] = traffic
+        for key, value in extra.items():
+            self.metrics.setdefault(key, {})[str(round_no)] = value
+        self.timings[f"round_{round_no}_s"] = round(seconds, 2)
+        self.save_metrics()
+        write_json(self.state_file, {"completed_round": round_no, "timings": self.timings})
+        self.done = round_no
+
+    def finish(self, manifest: dict[str, Any]) -> MKTResult:
+        """Plot, write manifest.json and return the result."""
+        _plot(self.metrics, self.out / "plots" / "accuracy.png")
+        manifest = {**manifest, "timings": self.timings, "versions": package_versions("rapidfuzz")}
+        write_json(self.out / "manifest.json", manifest)
+        return MKTResult(self.out, self.metrics, manifest)
+
+
+def manifest_base(
+    cfg: MKTConfig,
+    parties: dict[str, dict[str, Any]],
+    public: Sequence[Example],
+    private_sizes: Sequence[int],
+    n_test: int,
+    map_info: dict[str, Any],
+    engine: str,
+) -> dict[str, Any]:
+    """The manifest fields both engines write."""
+    return {
+        "fedcot_command": "mkt",
+        "engine": engine,
+        "task": cfg.task,
+        "scenario": cfg.scenario,
+        "mode": cfg.mode,
+        "seed": cfg.seed,
+        "rounds": cfg.rounds,
+        "parties": parties,
+        "data": {
+            "public": len(public),
+            "private": list(private_sizes),
+            "test": n_test,
+            "public_ids": [e.id for e in public],
+        },
+        "vocab_maps": map_info,
+    }
+
+
+def party_info(party: Party | Vocab, role: str, vocab_size: int | None = None) -> dict[str, Any]:
+    return {
+        "model": party.model_name,
+        "tokenizer_hash": party.tokenizer_hash,
+        "vocab_size": vocab_size if vocab_size is not None else party.vocab_size,  # type: ignore[union-attr]
+        "role": role,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# The in-process engine
+# --------------------------------------------------------------------------------------
+
+
 def run_mkt(
     cfg: MKTConfig,
     *,
@@ -366,35 +672,12 @@ def run_mkt(
     progress: bool = True,
     hook: PhaseHook | None = None,
 ) -> MKTResult:
-    """Run (or resume) FedMKT rounds as configured; see the module docstring.
-
-    The run folder ``cfg.output_dir`` holds config.yaml, manifest.json, metrics.json
-    (accuracy per party per round, bytes per message), state.json, rounds/round-N/<party>/
-    (the PEFT adapter of every party after round N), eval/round-N/<party>.jsonl (test
-    predictions) and plots/accuracy.png.
-    """
-    from fedcot.mkt.vocab_map import build_vocab_map
-
+    """Run (or resume) FedMKT rounds as configured, every party in this process; see the
+    module docstring and :class:`RunFolder` for what the run folder holds."""
     con = console or Console(stderr=True, quiet=not progress)
     task = get_task(cfg.task, answer_style="text")
-    out = Path(cfg.output_dir)
-    cfg_text = dump_config(cfg)
-    cfg_file = out / "config.yaml"
-    state_file = out / "state.json"
-    check_run_config(cfg_file, cfg_text, resume=resume)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_file.write_text(cfg_text, encoding="utf-8")
-    state: dict[str, Any] = (
-        json.loads(state_file.read_text(encoding="utf-8")) if state_file.exists() else {}
-    )
-    metrics_file = out / "metrics.json"
-    metrics: dict[str, Any] = (
-        json.loads(metrics_file.read_text(encoding="utf-8"))
-        if metrics_file.exists() and state
-        else {"rounds": {}, "traffic": {}, "training": {}}
-    )
-    done = int(state.get("completed_round", 0))
-    timings: dict[str, float] = dict(state.get("timings", {}))
+    run = RunFolder(cfg, resume=resume)
+    done = run.done
 
     def phase(round_no: int, party: str, name: str) -> None:
         if hook is not None:
@@ -408,65 +691,29 @@ def run_mkt(
         f"FedMKT · {cfg.task} · {cfg.scenario} · mode {cfg.mode} · {len(public)} public, "
         f"{len(cfg.clients)} × {cfg.private_size} private, {len(test)} test"
     )
-    server = _load_party(cfg, names[0], cfg.server.model, 0)
-    clients = [_load_party(cfg, names[i + 1], c.model, i + 1) for i, c in enumerate(cfg.clients)]
+    server = load_party(cfg, names[0])
+    clients = [load_party(cfg, n) for n in names[1:]]
     parties = [server, *clients]
     texts = {p.tokenizer_hash: p.texts for p in parties}
-    maps: dict[tuple[str, str], np.ndarray] = {}
-    map_info: dict[str, Any] = {}
+    pairs: list[tuple[Party, Party]] = []
     if cfg.mode != "standalone":
         for c in clients:
-            pairs = [(server, c)] if cfg.mode == "one-way" else [(c, server), (server, c)]
-            for src, dst in pairs:
-                key = (src.tokenizer_hash, dst.tokenizer_hash)
-                if key in maps:
-                    continue
-                vm = build_vocab_map(src.tokenizer, dst.tokenizer, progress=progress)
-                maps[key] = vm.ids
-                map_info[f"{src.model_name} -> {dst.model_name}"] = {
-                    "exact": round(vm.exact_share, 4),
-                    "within_1": round(vm.within1_share, 4),
-                }
+            pairs += [(server, c)] if cfg.mode == "one-way" else [(c, server), (server, c)]
+    maps, map_info = vocab_maps(pairs, progress=progress)
     public_items = {p.name: p.items(task, public) for p in parties}
     private_items = [c.items(task, part) for c, part in zip(clients, private)]
-    timings.setdefault("setup_s", round(time.perf_counter() - t0, 2))
+    run.timings.setdefault("setup_s", round(time.perf_counter() - t0, 2))
 
     def train(party: Party, items: Sequence[Any], steps: int, lam: float, seed: int, what: str):
-        from fedcot.train.distill import KDItem, train_steps
-
-        kd_items = [
-            it if isinstance(it, KDItem) else KDItem(it.input_ids, it.labels) for it in items
-        ]
-        with progress_bar(steps, f"{party.name}: {what}", enabled=progress) as advance:
-            stats = train_steps(
-                party.model,
-                kd_items,
-                steps=steps,
-                batch_size=cfg.train.batch_size,
-                learning_rate=cfg.train.learning_rate,
-                lam=lam,
-                seed=seed,
-                pad_id=int(party.tokenizer.pad_token_id),
-                on_step=lambda s, loss: advance(1),
-            )
-        return {
-            "party": party.name,
-            "phase": what,
-            "steps": stats.steps,
-            "loss": stats.loss,
-            "ft": stats.ft_loss,
-            "kd": stats.kd_loss,
-            "kd_rows": stats.kd_rows,
-            "seconds": stats.seconds,
-        }
+        return train_party(
+            cfg, party, items, steps=steps, lam=lam, seed=seed, what=what, progress=progress
+        )
 
     def evaluate_all(round_no: int) -> None:
         row = {}
         for p in parties:
             res = p.evaluate(task, test, progress=progress)
-            res.write_predictions(out / "eval" / f"round-{round_no}" / f"{p.name}.jsonl")
-            row[p.name] = res.summary()
-        metrics["rounds"][str(round_no)] = row
+            row[p.name] = run.record_eval(round_no, p.name, res)
         con.log(
             f"round {round_no}: "
             + ", ".join(f"{n} {100 * r['accuracy']:.1f} %" for n, r in row.items())
@@ -474,13 +721,13 @@ def run_mkt(
 
     # -- resume / before -------------------------------------------------------------------
     if done:
-        folder = out / "rounds" / f"round-{done}"
+        folder = run.checkpoint_dir(done)
         for p in parties:
             p.load(folder / p.name)
         con.log(f"resuming after round {done} of {cfg.rounds}")
-    elif "0" not in metrics["rounds"]:
+    elif "0" not in run.metrics["rounds"]:
         evaluate_all(0)
-        write_json(metrics_file, metrics)
+        run.save_metrics()
 
     # -- rounds ----------------------------------------------------------------------------
     for r in range(done + 1, cfg.rounds + 1):
@@ -490,14 +737,13 @@ def run_mkt(
         # 1. clients learn their private data
         for i, c in enumerate(clients, start=1):
             phase(r, c.name, "local")
-            steps = cfg.train.local_steps
             log.append(
                 train(
                     c,
                     private_items[i - 1],
-                    steps,
+                    cfg.train.local_steps,
                     1.0,
-                    _seed(cfg.seed, r, i, 1),
+                    phase_seed(cfg, r, i, LOCAL),
                     "private data",
                 )
             )
@@ -514,7 +760,7 @@ def run_mkt(
                         public_items[c.name],
                         cfg.train.client_steps,
                         1.0,
-                        _seed(cfg.seed, r, i, 3),
+                        phase_seed(cfg, r, i, CLIENT_DISTILL),
                         "public labels",
                     )
                 )
@@ -525,20 +771,20 @@ def run_mkt(
                     public_items[server.name],
                     cfg.train.server_steps,
                     1.0,
-                    _seed(cfg.seed, r, 0, 2),
+                    phase_seed(cfg, r, 0, SERVER_DISTILL),
                     "public labels",
                 )
             )
         else:
             # 2. clients → server: top-K logits and losses on the public set
             sent: list[LogitsMessage] = []
-            own: dict[str, tuple[list[SparseRows], np.ndarray]] = {}
+            own: dict[str, np.ndarray] = {}
             for c in clients:
                 phase(r, c.name, "logits")
                 rows, losses = c.public_logits(
                     public_items[c.name], k=cfg.top_k, loss_unit=cfg.loss_unit
                 )
-                own[c.name] = (rows, losses)
+                own[c.name] = losses
                 msg = c.message(r, public_items[c.name], rows, losses)
                 if cfg.mode == "mutual":
                     # What crosses the wire: serialised, then validated on arrival.
@@ -550,37 +796,26 @@ def run_mkt(
             s_items = public_items[server.name]
             if cfg.mode == "mutual":
                 _, s_loss = server.public_logits(s_items, k=cfg.top_k, loss_unit=cfg.loss_unit)
-                teacher_rows = [
-                    server.targets_from(
-                        m,
-                        s_items,
-                        maps[(m.tokenizer_hash, server.tokenizer_hash)],
-                        texts[m.tokenizer_hash],
-                    )
-                    for m in sent
-                ]
-                teacher_loss = np.stack([m.losses() for m in sent])
-                picks = select_targets(
-                    cfg.selection, s_loss, teacher_loss, teacher_rows, cfg.temperature
-                )
-                items = _with_targets(s_items, picks)
-                entry = train(
+                entry = distil_from(
+                    cfg,
                     server,
-                    items,
-                    cfg.train.server_steps,
-                    cfg.lam,
-                    _seed(cfg.seed, r, 0, 2),
-                    "distil from clients",
+                    s_items,
+                    s_loss,
+                    sent,
+                    maps,
+                    texts,
+                    steps=cfg.train.server_steps,
+                    seed=phase_seed(cfg, r, 0, SERVER_DISTILL),
+                    what="distil from clients",
+                    progress=progress,
                 )
-                entry["selected"] = sum(p is not None for p in picks)
-                entry["transferred"] = _transferred(picks)
             else:
                 entry = train(
                     server,
                     s_items,
                     cfg.train.server_steps,
                     1.0,
-                    _seed(cfg.seed, r, 0, 2),
+                    phase_seed(cfg, r, 0, SERVER_DISTILL),
                     "public labels",
                 )
             log.append(entry)
@@ -597,84 +832,38 @@ def run_mkt(
             smsg = LogitsMessage.model_validate_json(raw)
             for i, c in enumerate(clients, start=1):
                 phase(r, c.name, "distill")
-                c_items = public_items[c.name]
-                rows = c.targets_from(
-                    smsg,
-                    c_items,
-                    maps[(server.tokenizer_hash, c.tokenizer_hash)],
-                    texts[smsg.tokenizer_hash],
+                log.append(
+                    distil_from(
+                        cfg,
+                        c,
+                        public_items[c.name],
+                        own[c.name],
+                        [smsg],
+                        maps,
+                        texts,
+                        steps=cfg.train.client_steps,
+                        seed=phase_seed(cfg, r, i, CLIENT_DISTILL),
+                        what="distil from server",
+                        progress=progress,
+                    )
                 )
-                picks = select_targets(
-                    cfg.selection,
-                    own[c.name][1],
-                    smsg.losses()[None, :],
-                    [rows],
-                    cfg.temperature,
-                )
-                entry = train(
-                    c,
-                    _with_targets(c_items, picks),
-                    cfg.train.client_steps,
-                    cfg.lam,
-                    _seed(cfg.seed, r, i, 3),
-                    "distil from server",
-                )
-                entry["selected"] = sum(p is not None for p in picks)
-                entry["transferred"] = _transferred(picks)
-                log.append(entry)
         # 5. evaluate, checkpoint
         if cfg.eval_each_round or r == cfg.rounds:
             phase(r, "all", "evaluate")
             evaluate_all(r)
-        folder = out / "rounds" / f"round-{r}"
-        tmp = out / "rounds" / f".round-{r}.tmp"
-        if tmp.exists():
-            import shutil
+        run.finish_round(r, parties, log, traffic, time.perf_counter() - tr0)
+        con.log(f"round {r}/{cfg.rounds} done in {run.timings[f'round_{r}_s']:.0f} s")
 
-            shutil.rmtree(tmp)
-        for p in parties:
-            p.save(tmp / p.name)
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        metrics["training"][str(r)] = log
-        metrics["traffic"][str(r)] = traffic
-        timings[f"round_{r}_s"] = round(time.perf_counter() - tr0, 2)
-        write_json(metrics_file, metrics)
-        write_json(state_file, {"completed_round": r, "timings": timings})
-        con.log(f"round {r}/{cfg.rounds} done in {timings[f'round_{r}_s']:.0f} s")
-
-    _plot(metrics, out / "plots" / "accuracy.png")
-    manifest = {
-        "fedcot_command": "mkt",
-        "task": cfg.task,
-        "scenario": cfg.scenario,
-        "mode": cfg.mode,
-        "seed": cfg.seed,
-        "rounds": cfg.rounds,
-        "parties": {
-            p.name: {
-                "model": p.model_name,
-                "tokenizer_hash": p.tokenizer_hash,
-                "vocab_size": p.vocab_size,
-                "role": "server" if p is server else "client",
-            }
-            for p in parties
-        },
-        "data": {
-            "public": len(public),
-            "private": [len(x) for x in private],
-            "test": len(test),
-            "public_ids": [e.id for e in public],
-        },
-        "vocab_maps": map_info,
-        "timings": timings,
-        "versions": package_versions("rapidfuzz"),
-    }
-    write_json(out / "manifest.json", manifest)
-    return MKTResult(out, metrics, manifest)
+    manifest = manifest_base(
+        cfg,
+        {p.name: party_info(p, "server" if p is server else "client") for p in parties},
+        public,
+        [len(x) for x in private],
+        len(test),
+        map_info,
+        "in-process",
+    )
+    return run.finish(manifest)
 
 
 def _transferred(picks: Sequence[SparseRows | None]) -> int:

@@ -260,6 +260,16 @@ def load_model(
     return model, tokenizer
 
 
+def load_tokenizer(name_or_path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
+    """Load only the tokenizer of a model (as :func:`load_model` would set it up)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(prepare(name_or_path)))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 @dataclass
 class ModelInfo:
     """One row of ``fedcot models list``."""

@@ -1,0 +1,251 @@
+"""A whole Flower federation on one machine: a SuperLink and one SuperNode per client on
+127.0.0.1, as real processes (``fedcot flower local``, the tests and the benchmark).
+
+This is the deployment engine of Flower exactly as it runs across machines, only with
+every process on loopback and TLS off (``--insecure``), which is acceptable on loopback
+and nowhere else; docs/deploy.md shows the TLS and SuperNode-authentication setup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedcot.errors import FedcotError, require
+
+__all__ = ["FlowerRun", "LocalFederation", "free_port"]
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    """A console script of this Python environment (flwr's commands live beside python)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise FedcotError(
+            f"{name} not found next to {sys.executable}",
+            hint="install Flower into this environment: pip install 'fedcot[flower]'",
+        )
+    return str(path)
+
+
+@dataclass
+class FlowerRun:
+    """What ``flwr run --stream`` returned."""
+
+    returncode: int
+    output: str
+    run_id: int | None
+    seconds: float
+
+
+class LocalFederation:
+    """Start, kill and stop the Flower processes of a loopback federation.
+
+    ``workdir`` receives the Flower home (``FLWR_HOME``: the CLI's connection file and the
+    installed apps) and one log file per process. Use as a context manager: every process
+    is stopped on exit.
+    """
+
+    def __init__(self, workdir: Path, *, env: dict[str, str] | None = None) -> None:
+        require("flwr", "flower")
+        self.workdir = Path(workdir)
+        self.home = self.workdir / "flwr-home"
+        self.logs = self.workdir / "logs"
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = {**os.environ, **(env or {})}
+        self.env["FLWR_HOME"] = str(self.home)
+        bindir = str(Path(sys.executable).parent)
+        self.env["PATH"] = bindir + os.pathsep + self.env.get("PATH", "")
+        self.env.setdefault("HF_HUB_OFFLINE", "1")
+        self.env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        (self.home / "config.toml").write_text(
+            '[superlink]\ndefault = "local"\n\n'
+            f'[superlink.local]\naddress = "{self.address}"\ninsecure = true\n',
+            encoding="utf-8",
+        )
+
+    def _addr(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    # -- processes -----------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.workdir,
+            start_new_session=True,  # its own process group: a kill takes its children too
+        )
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def start_superlink(self, timeout: float = 60.0) -> None:
+        """Start the SuperLink and wait until it accepts connections."""
+        self._spawn(
+            "superlink",
+            [
+                _bin("flower-superlink"),
+                "--insecure",
+                "--disable-runtime-dependency-installation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs["superlink"].poll() is not None:
+                raise FedcotError(f"the SuperLink exited; see {self.logs / 'superlink.log'}")
+            with contextlib.suppress(OSError), socket.create_connection(self._addr(), 1):
+                return
+            time.sleep(0.2)
+        raise FedcotError(f"the SuperLink did not listen within {timeout:g} s")
+
+    def start_supernode(self, party: str, state_dir: Path, *, data: str | None = None) -> None:
+        """Start the SuperNode of client ``party``, keeping its checkpoints in ``state_dir``."""
+        node_config = f'party="{party}" state-dir="{Path(state_dir).resolve()}"'
+        if data:
+            node_config += f' data="{Path(data).resolve()}"'
+        self._spawn(
+            party,
+            [
+                _bin("flower-supernode"),
+                "--insecure",
+                "--superlink",
+                self.address,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(free_port()),
+                "--node-config",
+                node_config,
+            ],
+        )
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to a process and its children (SIGKILL: a machine that dies)."""
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+
+    def close(self) -> None:
+        """Stop every process: SIGTERM, then SIGKILL for what is still running."""
+        for name in list(self.procs):
+            self.kill(name, signal.SIGTERM)
+        for proc in list(self.procs.values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.procs.clear()
+
+    def __enter__(self) -> LocalFederation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- runs ----------------------------------------------------------------------------
+    def _flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [_bin("flwr"), *args],
+            env=self.env,
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def submit(
+        self, app_dir: Path, run_config: dict[str, Any] | None = None
+    ) -> subprocess.Popen[str]:
+        """``flwr run APP local --stream`` in the background (its output is the run's log)."""
+        argv = [_bin("flwr"), "run", str(Path(app_dir).resolve()), "local", "--stream"]
+        if run_config:
+            import tomli_w
+
+            overrides = self.workdir / f"run-config-{time.time_ns()}.toml"
+            overrides.write_text(tomli_w.dumps(run_config), encoding="utf-8")
+            argv += ["--run-config", str(overrides)]
+        return subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+
+    def run(
+        self,
+        app_dir: Path,
+        run_config: dict[str, Any] | None = None,
+        *,
+        timeout: float = 3600.0,
+        echo: bool = False,
+    ) -> FlowerRun:
+        """Submit a run and wait until it ends (or ``timeout`` seconds)."""
+        import threading
+
+        t0 = time.monotonic()
+        proc = self.submit(app_dir, run_config)
+        lines: list[str] = []
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if echo:
+                    sys.stderr.write(line)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            reader.join(timeout=5)
+            tail = "".join(lines)[-4000:]
+            raise FedcotError(f"flwr run did not finish within {timeout:g} s:\n{tail}") from None
+        reader.join(timeout=30)
+        out = "".join(lines)
+        return FlowerRun(proc.returncode, out, run_id_of(out), time.monotonic() - t0)
+
+    def stop_run(self, run_id: int) -> subprocess.CompletedProcess[str]:
+        """``flwr stop RUN_ID``: end a run (its ServerApp is stopped)."""
+        return self._flwr("stop", str(run_id), "local")
+
+
+def run_id_of(output: str) -> int | None:
+    """The run id that ``flwr run`` printed (``Successfully started run N``)."""
+    m = re.search(r"started run (\d+)", output)
+    return int(m.group(1)) if m else None
