@@ -310,7 +310,7 @@ def test_a_client_that_dies_mid_round_is_dropped_and_rejoins(tmp_path, tiny_part
 
 @pytest.mark.network
 @pytest.mark.timeout(900)
-def test_cli_flower_local_runs_one_way_with_fedavg(tmp_path, tiny_parties, rte_folder):
+def test_cli_flower_local_runs_one_way_with_fedavg_over_tls(tmp_path, tiny_parties, rte_folder):
     import yaml
     from typer.testing import CliRunner
 
@@ -320,10 +320,14 @@ def test_cli_flower_local_runs_one_way_with_fedavg(tmp_path, tiny_parties, rte_f
     cfg = mkt_cfg(tmp_path, tiny_parties, rte_folder, rounds=1, mode="one-way", fedavg=True)
     path = tmp_path / "mkt.yaml"
     path.write_text(dump_config(cfg))
-    res = CliRunner().invoke(app, ["flower", "local", "-c", str(path)])
+    res = CliRunner().invoke(app, ["flower", "local", "-c", str(path), "--secure"])
     assert res.exit_code == 0, res.output
-    assert "over Flower" in res.output and "client-2" in res.output
     run = Path(cfg.output_dir)
+    pki = run / "flower" / "pki"
+    assert {"ca.crt", "server.pem", "client-1.pub", "client-2.pub"} <= {
+        p.name for p in pki.iterdir()
+    }
+    assert "over Flower" in res.output and "client-2" in res.output
     metrics = json.loads((run / "metrics.json").read_text())
     t = metrics["traffic"]["1"]
     assert t["fedavg_bytes"] > 0 and "client-1" not in t  # one-way: no client logits
@@ -336,3 +340,23 @@ def test_cli_flower_local_runs_one_way_with_fedavg(tmp_path, tiny_parties, rte_f
     # An existing run is refused without --resume, before anything starts.
     again = CliRunner().invoke(app, ["flower", "local", "-c", str(path)])
     assert again.exit_code == 2 and "already holds" in again.output
+
+
+@pytest.mark.network
+@pytest.mark.timeout(300)
+def test_secure_superlink_refuses_unregistered_and_plaintext_supernodes(tmp_path):
+    from fedcot.federation.flower_local import LocalFederation
+
+    with LocalFederation(tmp_path / "fed", secure=True) as fed:
+        fed.start_superlink()
+        rogue = fed.start_supernode("client-1", tmp_path / "s", register=False, max_retries=2)
+        assert rogue.wait(timeout=120) != 0
+        assert "Failed to activate SuperNode" in (fed.logs / "client-1.log").read_text()
+        fed.secure = False  # a node that speaks plain HTTP to the TLS port
+        plain = fed.start_supernode("client-2", tmp_path / "s", max_retries=2)
+        assert plain.wait(timeout=120) != 0
+        fed.secure = True
+        listed = fed._flwr("supernode", "list", "local", "--format", "json")
+        assert listed.returncode == 0, listed.stderr
+        nodes = json.loads(listed.stdout)
+        assert nodes["success"] and nodes["nodes"] == []

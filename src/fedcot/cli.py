@@ -493,11 +493,19 @@ def flower_local_cmd(
     ] = False,
     reply_timeout: ReplyTimeout = 1800.0,
     hello_timeout: HelloTimeout = 120.0,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="TLS with a throw-away CA and SuperNode authentication, as in a real "
+            "deployment (off: plain HTTP on loopback).",
+        ),
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds the whole run may take.")] = 86400.0,
     overrides: SetOpt = None,
 ) -> None:
     """Run FedMKT over Flower on this machine: a SuperLink and one SuperNode per client on
-    127.0.0.1 (real processes, TLS off on loopback), then `flwr run`."""
+    127.0.0.1 (real processes), then `flwr run`."""
     import json
 
     from fedcot.config import dump_config
@@ -514,11 +522,12 @@ def flower_local_cmd(
     app_dir = write_flower_app(
         work / "app", cfg, reply_timeout=reply_timeout, hello_timeout=hello_timeout
     ).parent
-    with LocalFederation(work) as fed:
+    with LocalFederation(work, secure=secure) as fed:
         fed.start_superlink()
         for name in cfg.party_names()[1:]:
             fed.start_supernode(name, work / "clients")
-        err.print(f"SuperLink on {fed.address}; logs in {fed.logs}")
+        mode_s = "TLS + SuperNode auth" if secure else "plain HTTP on loopback"
+        err.print(f"SuperLink on {fed.address} ({mode_s}); logs in {fed.logs}")
         res = fed.run(app_dir, {"resume": True} if resume else None, timeout=timeout, echo=True)
     metrics_file = folder / "metrics.json"
     state_file = folder / "state.json"

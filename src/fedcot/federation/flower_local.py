@@ -2,8 +2,11 @@
 127.0.0.1, as real processes (``fedcot flower local``, the tests and the benchmark).
 
 This is the deployment engine of Flower exactly as it runs across machines, only with
-every process on loopback and TLS off (``--insecure``), which is acceptable on loopback
-and nowhere else; docs/deploy.md shows the TLS and SuperNode-authentication setup.
+every process on loopback. By default TLS is off (``--insecure``), which is acceptable on
+loopback and nowhere else. With ``secure=True`` it runs the setup of a real deployment
+(docs/deploy.md): a private CA signs the SuperLink's certificate, every connection is
+TLS, and the SuperLink admits only SuperNodes whose public keys were registered with
+``flwr supernode register`` (EC P-384 keys, one per client).
 """
 
 from __future__ import annotations
@@ -61,7 +64,9 @@ class LocalFederation:
     is stopped on exit.
     """
 
-    def __init__(self, workdir: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, secure: bool = False, env: dict[str, str] | None = None
+    ) -> None:
         require("flwr", "flower")
         self.workdir = Path(workdir)
         self.home = self.workdir / "flwr-home"
@@ -77,9 +82,17 @@ class LocalFederation:
         self.env.setdefault("HF_HUB_OFFLINE", "1")
         self.env.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.secure = secure
+        self.registered: set[str] = set()
+        self.pki = self.workdir / "pki"
+        if secure:
+            make_server_certificate(self.pki, "127.0.0.1")
+            link = f'root-certificates = "{self.pki / "ca.crt"}"\n'
+        else:
+            link = "insecure = true\n"
         (self.home / "config.toml").write_text(
             '[superlink]\ndefault = "local"\n\n'
-            f'[superlink.local]\naddress = "{self.address}"\ninsecure = true\n',
+            f'[superlink.local]\naddress = "{self.address}"\n{link}',
             encoding="utf-8",
         )
 
@@ -103,11 +116,23 @@ class LocalFederation:
 
     def start_superlink(self, timeout: float = 60.0) -> None:
         """Start the SuperLink and wait until it accepts connections."""
+        if self.secure:
+            tls = [
+                "--ssl-ca-certfile",
+                str(self.pki / "ca.crt"),
+                "--ssl-certfile",
+                str(self.pki / "server.pem"),
+                "--ssl-keyfile",
+                str(self.pki / "server.key"),
+                "--enable-supernode-auth",
+            ]
+        else:
+            tls = ["--insecure"]
         self._spawn(
             "superlink",
             [
                 _bin("flower-superlink"),
-                "--insecure",
+                *tls,
                 "--disable-runtime-dependency-installation",
                 "--host",
                 "127.0.0.1",
@@ -124,18 +149,49 @@ class LocalFederation:
             time.sleep(0.2)
         raise FedcotError(f"the SuperLink did not listen within {timeout:g} s")
 
-    def start_supernode(self, party: str, state_dir: Path, *, data: str | None = None) -> None:
-        """Start the SuperNode of client ``party``, keeping its checkpoints in ``state_dir``."""
+    def start_supernode(
+        self,
+        party: str,
+        state_dir: Path,
+        *,
+        data: str | None = None,
+        register: bool = True,
+        superlink: str | None = None,
+        max_retries: int | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start the SuperNode of client ``party``, keeping its checkpoints in ``state_dir``.
+
+        With ``secure``, the node gets its own key pair; ``register=False`` leaves its public
+        key unregistered (the SuperLink must then refuse it). ``superlink`` connects it
+        through another address (a byte-counting proxy in the benchmark).
+        """
         node_config = f'party="{party}" state-dir="{Path(state_dir).resolve()}"'
         if data:
             node_config += f' data="{Path(data).resolve()}"'
-        self._spawn(
+        if self.secure:
+            key = make_node_key(self.pki, party)
+            if register and party not in self.registered:
+                reg = self._flwr("supernode", "register", str(key.with_suffix(".pub")), "local")
+                if reg.returncode != 0:
+                    raise FedcotError(f"flwr supernode register failed:\n{reg.stdout}{reg.stderr}")
+                self.registered.add(party)
+            auth = [
+                "--root-certificates",
+                str(self.pki / "ca.crt"),
+                "--auth-supernode-private-key",
+                str(key),
+            ]
+        else:
+            auth = ["--insecure"]
+        retries = ["--max-retries", str(max_retries)] if max_retries is not None else []
+        return self._spawn(
             party,
             [
                 _bin("flower-supernode"),
-                "--insecure",
+                *auth,
+                *retries,
                 "--superlink",
-                self.address,
+                superlink or self.address,
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -249,3 +305,94 @@ def run_id_of(output: str) -> int | None:
     """The run id that ``flwr run`` printed (``Successfully started run N``)."""
     m = re.search(r"started run (\d+)", output)
     return int(m.group(1)) if m else None
+
+
+# --------------------------------------------------------------------------------------
+# Keys and certificates for the secure setup
+# --------------------------------------------------------------------------------------
+
+
+def make_server_certificate(folder: Path, host: str, days: int = 30) -> None:
+    """A private CA (``ca.crt``) and a server certificate for ``host`` signed by it
+    (``server.pem``, ``server.key``): what ``flower-superlink --ssl-*`` needs.
+
+    For trying TLS on one machine; a real deployment uses its organisation's CA.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("fedcot local CA"))
+        .issuer_name(name("fedcot local CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP384R1())
+    try:
+        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        san = x509.DNSName(host)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name(host))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    (folder / "ca.crt").write_bytes(ca.public_bytes(pem))
+    (folder / "server.pem").write_bytes(cert.public_bytes(pem))
+    private = folder / "server.key"
+    private.write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    private.chmod(0o600)
+
+
+def make_node_key(folder: Path, name: str) -> Path:
+    """An EC P-384 key pair in OpenSSH format (``<name>``, ``<name>.pub``), as
+    ``ssh-keygen -t ecdsa -b 384`` makes: the SuperNode signs with it, the SuperLink
+    admits it once ``flwr supernode register <name>.pub`` was run. Returns the private key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    if not path.exists():
+        key = ec.generate_private_key(ec.SECP384R1())
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption(),
+            )
+        )
+        path.chmod(0o600)
+        path.with_suffix(".pub").write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+            )
+            + f" {name}\n".encode()
+        )
+    return path
