@@ -54,6 +54,7 @@ def test_help_lists_only_real_commands():
         "privacy-eval",
         "distill",
         "mkt",
+        "flower",
         "serve",
     }
     assert runner.invoke(app, ["--version"]).output.startswith("fedcot ")

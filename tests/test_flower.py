@@ -58,6 +58,37 @@ def test_app_file_is_a_valid_flower_app_and_carries_the_config(tmp_path, tiny_pa
     assert run_key(rc["mkt-config"]) == run_key(again)
 
 
+def test_cli_flower_app_writes_the_app_and_says_what_to_start(tmp_path, tiny_parties):
+    from typer.testing import CliRunner
+
+    from fedcot.cli import app
+    from fedcot.config import dump_config
+
+    cfg_file = tmp_path / "mkt.yaml"
+    cfg_file.write_text(dump_config(mkt_cfg(tmp_path, tiny_parties, tmp_path)))
+    res = CliRunner().invoke(
+        app,
+        [
+            "flower",
+            "app",
+            str(tmp_path / "app"),
+            "-c",
+            str(cfg_file),
+            "--rounds",
+            "5",
+            "--reply-timeout",
+            "60",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "flower-superlink" in res.output and 'party="client-2"' in res.output
+    rc = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    opts = FlowerRunOptions.from_run_config(rc["config"])
+    assert opts.config.rounds == 5 and opts.reply_timeout == 60.0
+    bad = CliRunner().invoke(app, ["flower", "app", str(tmp_path / "x"), "--set", "rounds=0"])
+    assert bad.exit_code == 2 and "rounds" in bad.output
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [

@@ -510,7 +510,7 @@ def flower_local_cmd(
 
     from fedcot.config import dump_config
     from fedcot.federation.flower import absolute_paths, write_flower_app
-    from fedcot.federation.flower_local import LocalFederation
+    from fedcot.federation.flower_local import LocalFederation, threads_per_node
     from fedcot.runs import check_run_config
 
     cfg = absolute_paths(
@@ -524,8 +524,9 @@ def flower_local_cmd(
     ).parent
     with LocalFederation(work, secure=secure) as fed:
         fed.start_superlink()
-        for name in cfg.party_names()[1:]:
-            fed.start_supernode(name, work / "clients")
+        clients = cfg.party_names()[1:]
+        for name in clients:
+            fed.start_supernode(name, work / "clients", threads=threads_per_node(len(clients)))
         mode_s = "TLS + SuperNode auth" if secure else "plain HTTP on loopback"
         err.print(f"SuperLink on {fed.address} ({mode_s}); logs in {fed.logs}")
         res = fed.run(app_dir, {"resume": True} if resume else None, timeout=timeout, echo=True)

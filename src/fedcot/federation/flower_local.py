@@ -25,7 +25,7 @@ from typing import Any
 
 from fedcot.errors import FedcotError, require
 
-__all__ = ["FlowerRun", "LocalFederation", "free_port"]
+__all__ = ["FlowerRun", "LocalFederation", "free_port", "threads_per_node"]
 
 
 def free_port() -> int:
@@ -44,6 +44,11 @@ def _bin(name: str) -> str:
             hint="install Flower into this environment: pip install 'fedcot[flower]'",
         )
     return str(path)
+
+
+def threads_per_node(n_nodes: int) -> int:
+    """This machine's cores shared out among ``n_nodes`` SuperNodes (at least 1 each)."""
+    return max(1, (os.cpu_count() or 1) // max(1, n_nodes))
 
 
 @dataclass
@@ -100,13 +105,15 @@ class LocalFederation:
         return ("127.0.0.1", self.port)
 
     # -- processes -----------------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             argv,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=self.workdir,
             start_new_session=True,  # its own process group: a kill takes its children too
         )
@@ -158,12 +165,15 @@ class LocalFederation:
         register: bool = True,
         superlink: str | None = None,
         max_retries: int | None = None,
+        threads: int | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start the SuperNode of client ``party``, keeping its checkpoints in ``state_dir``.
 
         With ``secure``, the node gets its own key pair; ``register=False`` leaves its public
         key unregistered (the SuperLink must then refuse it). ``superlink`` connects it
-        through another address (a byte-counting proxy in the benchmark).
+        through another address (a byte-counting proxy in the benchmark). ``threads`` caps
+        the CPU threads of its ClientApps (``OMP_NUM_THREADS``): SuperNodes that share one
+        machine must share its cores, or their BLAS threads spin against each other.
         """
         node_config = f'party="{party}" state-dir="{Path(state_dir).resolve()}"'
         if data:
@@ -184,6 +194,7 @@ class LocalFederation:
         else:
             auth = ["--insecure"]
         retries = ["--max-retries", str(max_retries)] if max_retries is not None else []
+        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
         return self._spawn(
             party,
             [
@@ -199,6 +210,7 @@ class LocalFederation:
                 "--node-config",
                 node_config,
             ],
+            env,
         )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:

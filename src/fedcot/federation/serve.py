@@ -1485,6 +1485,7 @@ def make_server(
         # The audit log records the TCP peer; X-Forwarded-For is not trusted (it could be
         # set by any local client).
         proxy_headers=False,
+        ws="none",  # no WebSocket routes; do not load a WebSocket library
     )
     server = _uvicorn_server_class()(config)
     server.announce = announce
