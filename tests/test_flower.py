@@ -391,3 +391,36 @@ def test_secure_superlink_refuses_unregistered_and_plaintext_supernodes(tmp_path
         assert listed.returncode == 0, listed.stderr
         nodes = json.loads(listed.stdout)
         assert nodes["success"] and nodes["nodes"] == []
+
+
+@pytest.mark.network
+@pytest.mark.timeout(600)
+def test_standalone_over_flower_matches_the_in_process_baseline(tmp_path, tiny_parties, rte_folder):
+    from fedcot.federation.flower_local import LocalFederation
+    from fedcot.mkt.rounds import run_mkt
+
+    cfg = mkt_cfg(tmp_path, tiny_parties, rte_folder, rounds=1, mode="standalone")
+    app = write_flower_app(tmp_path / "app", cfg, reply_timeout=300, wait_clients=120).parent
+    state = tmp_path / "state"
+    with LocalFederation(tmp_path / "fed") as fed:
+        fed.start_superlink()
+        for party in ("client-1", "client-2"):
+            fed.start_supernode(party, state)
+        res = fed.run(app, timeout=500)
+    assert res.returncode == 0, res.output[-3000:]
+    run = Path(cfg.output_dir)
+    metrics = json.loads((run / "metrics.json").read_text())
+    # Nothing but the work orders and the training logs: no logits, no adapters.
+    assert set(metrics["traffic"]["1"]) == {"flower"}
+    steps = {}
+    for e in metrics["training"]["1"]:
+        steps[e["party"]] = steps.get(e["party"], 0) + e["steps"]
+    assert steps == {"client-1": 4, "client-2": 4, "server": 2}
+    inproc = run_mkt(cfg.model_copy(update={"output_dir": tmp_path / "inproc"}), progress=False)
+    expected = read_adapters(inproc.output_dir, 1)
+    got = {"server": read_adapters(run, 1)["server"]}
+    for party in ("client-1", "client-2"):
+        got[party] = load_adapter(_client_dir(state, party) / "round-1")
+    for party, tensors in expected.items():
+        for k, v in tensors.items():
+            np.testing.assert_array_equal(got[party][k], v, err_msg=f"{party} {k}")

@@ -587,7 +587,6 @@ def run_flower_server(grid: Any, opts: FlowerRunOptions, console: Console | None
         party_info,
         phase_seed,
         split_data,
-        train_party,
         vocab_maps,
     )
 
@@ -654,20 +653,9 @@ def run_flower_server(grid: Any, opts: FlowerRunOptions, console: Console | None
                     }
                 )
         finals: dict[str, dict[str, Any]] = {}
+        received: list[LogitsMessage] = []
         if cfg.mode == "standalone":
             finals = {p: local[p][0] for p in order(local)}
-            log.append(
-                train_party(
-                    cfg,
-                    server,
-                    s_items,
-                    steps=cfg.train.server_steps,
-                    lam=1.0,
-                    seed=phase_seed(cfg, r, 0, SERVER_DISTILL),
-                    what="public labels",
-                    progress=False,
-                )
-            )
         else:
             logits_payloads = {p: local[p][1] for p in order(local)}
             if cfg.fedavg:
@@ -691,7 +679,6 @@ def run_flower_server(grid: Any, opts: FlowerRunOptions, console: Console | None
                         FEDAVG, r, {p: ({}, avg_msg.encode()) for p in order(adapters)}, "fedavg"
                     )
                     logits_payloads = {p: res[p][1] for p in order(res)}
-            received: list[LogitsMessage] = []
             if cfg.mode == "mutual":
                 for p in order(logits_payloads):
                     raw = logits_payloads[p]
@@ -708,35 +695,29 @@ def run_flower_server(grid: Any, opts: FlowerRunOptions, console: Console | None
                         continue
                     traffic[p] = {"bytes": len(raw or b""), "dense_bytes": msg.dense_nbytes()}
                     received.append(msg)
-                _, s_loss = server.public_logits(s_items, k=cfg.top_k, loss_unit=cfg.loss_unit)
-                log.append(
-                    distil_from(
-                        cfg,
-                        server,
-                        s_items,
-                        s_loss,
-                        received,
-                        maps,
-                        texts,
-                        steps=cfg.train.server_steps,
-                        seed=phase_seed(cfg, r, 0, SERVER_DISTILL),
-                        what="distil from clients",
-                        progress=False,
-                    )
-                )
-            else:
-                log.append(
-                    train_party(
-                        cfg,
-                        server,
-                        s_items,
-                        steps=cfg.train.server_steps,
-                        lam=1.0,
-                        seed=phase_seed(cfg, r, 0, SERVER_DISTILL),
-                        what="public labels",
-                        progress=False,
-                    )
-                )
+        # The server learns from what arrived; with no teacher (one-way, standalone, or
+        # every client dropped) it trains on the public labels alone.
+        own = (
+            server.public_logits(s_items, k=cfg.top_k, loss_unit=cfg.loss_unit)[1]
+            if received
+            else None
+        )
+        log.append(
+            distil_from(
+                cfg,
+                server,
+                s_items,
+                own,
+                received,
+                maps,
+                texts,
+                steps=cfg.train.server_steps,
+                seed=phase_seed(cfg, r, 0, SERVER_DISTILL),
+                what="distil from clients",
+                progress=False,
+            )
+        )
+        if cfg.mode != "standalone":
             s_rows, s_loss = server.public_logits(s_items, k=cfg.top_k, loss_unit=cfg.loss_unit)
             raw = server.message(r, s_items, s_rows, s_loss).model_dump_json().encode()
             targets = order(fed.nodes)

@@ -412,7 +412,7 @@ def distil_from(
     cfg: MKTConfig,
     party: Party,
     items: Sequence[PublicItem],
-    own_losses: np.ndarray,
+    own_losses: np.ndarray | None,
     messages: Sequence[LogitsMessage],
     maps: dict[tuple[str, str], np.ndarray],
     texts: dict[str, Sequence[str]],
@@ -423,8 +423,9 @@ def distil_from(
     progress: bool,
 ) -> dict[str, Any]:
     """Align every teacher's rows to ``party``, select per sample (``cfg.selection``) and
-    distil. With no teacher left (all dropped out) it trains on the labels alone."""
-    if not messages:
+    distil. With no teacher (none sent, or all dropped out) it trains on the labels alone,
+    and ``own_losses`` is not needed."""
+    if not messages or own_losses is None:
         entry = train_party(
             cfg,
             party,
