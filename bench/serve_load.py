@@ -25,16 +25,16 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
+
+from fedcot.procs import Child
 
 from _common import ROOT, write_section
 
@@ -159,26 +159,11 @@ class Server:
         self.root = f"http://127.0.0.1:{port}"
         self.url = self.root + "/v1"
         self.audit = audit
-        self.lines: list[str] = []
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(
-            self.cmd,
-            cwd=ROOT,
-            env=ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.child = Child(self.cmd, env=ENV, cwd=ROOT)
+        self.proc, self.lines = self.child.proc, self.child.lines
         self._wait_healthy(timeout=120)
         self.startup_s = time.perf_counter() - t0
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.time() + timeout
@@ -197,25 +182,14 @@ class Server:
         r.raise_for_status()
         return r.json()
 
-    def terminate(self, timeout: float = 60) -> tuple[int | None, float]:
-        """SIGTERM; (exit status, seconds to exit). None if it had to be killed."""
+    def terminate(self, timeout: float = 60) -> tuple[int, float]:
+        """SIGTERM (SIGKILL after ``timeout``); (exit status, seconds to exit)."""
         t0 = time.perf_counter()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            rc: int | None = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            rc = None
-        dt = time.perf_counter() - t0
-        self._reader.join(timeout=5)
-        return rc, dt
+        rc = self.child.stop(timeout=timeout)
+        return rc, time.perf_counter() - t0
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        self.child.stop(signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import httpx
 import pytest
 
 from fedcot.cot.cache import RationaleCache
+from fedcot.procs import stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-fedcot-faults"
@@ -80,13 +81,6 @@ def _wait_for(
     pytest.fail(problem + ("\n" + log.read_text(errors="replace") if log else ""))
 
 
-def _kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-    proc.wait(timeout=30)
-
-
 class Server:
     """``python -m fedcot serve`` with the tiny model on a given port, in its own session."""
 
@@ -127,18 +121,11 @@ class Server:
         return r.json()
 
     def kill(self) -> None:
-        _kill_group(self.proc, signal.SIGKILL)
+        stop_group(self.proc, signal.SIGKILL)
 
     def stop(self) -> int:
         """SIGTERM (graceful: it drains), SIGKILL if that hangs; the exit status."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                _kill_group(self.proc)
-        return self.proc.returncode
+        return stop_group(self.proc)
 
 
 @contextlib.contextmanager
@@ -277,7 +264,7 @@ def test_server_restart_mid_run(tiny_dir, tmp_path):
             # Nobody touches the client: it must retry until the new server answers.
             client.wait(timeout=180)
         finally:
-            _kill_group(client)
+            stop_group(client, signal.SIGKILL)
         assert servers[1].stop() == 0
     out = client_log.read_text(errors="replace")
     assert client.returncode == 0, out
@@ -334,7 +321,7 @@ def test_client_killed_then_resumed(tiny_dir, tmp_path):
                 tmp_path / "client.log",
             )
         finally:
-            _kill_group(client, signal.SIGKILL)
+            stop_group(client, signal.SIGKILL)
         answered = set(_cached(cache))
         assert first <= len(answered) < n, "the kill did not land in the middle of the run"
         # The server may still answer (and audit) the request the dead client left in flight;
@@ -400,7 +387,7 @@ def test_server_down_at_start_fails_cleanly_in_bounded_time(tiny_dir, tmp_path):
         proc.wait(timeout=100)
         t_exit = time.monotonic()
     finally:
-        _kill_group(proc)
+        stop_group(proc, signal.SIGKILL)
     reader.join(timeout=10)
     out = "".join(line for _, line in lines)
     flat = " ".join(out.split())

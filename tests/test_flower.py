@@ -4,6 +4,7 @@ resumed run, a client that dies mid-round, and the ``fedcot flower local`` comma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -87,6 +88,29 @@ def test_cli_flower_app_writes_the_app_and_says_what_to_start(tmp_path, tiny_par
     assert opts.config.rounds == 5 and opts.reply_timeout == 60.0
     bad = CliRunner().invoke(app, ["flower", "app", str(tmp_path / "x"), "--set", "rounds=0"])
     assert bad.exit_code == 2 and "rounds" in bad.output
+
+
+def test_cli_table_names_dropouts_rejoins_and_restores(capsys, tmp_path, tiny_parties):
+    from fedcot.cli import _print_mkt
+
+    cfg = mkt_cfg(tmp_path, tiny_parties, tmp_path, rounds=2)
+    row = {"accuracy": 0.5}
+    metrics = {
+        "rounds": {"1": {"server": row, "client-1": row}, "2": {"server": row}},
+        "dropouts": {
+            "1": [{"round": 1, "party": "client-2", "phase": "local", "reason": "no reply"}],
+            "2": [
+                {"round": 2, "party": "client-2", "phase": "rejoin"},
+                {"round": 2, "party": "client-2", "phase": "restore", "reason": "restored 0"},
+            ],
+        },
+    }
+    _print_mkt(cfg, metrics, tmp_path, " over Flower")
+    printed = capsys.readouterr().out
+    assert "client-2 dropped at local: no reply" in printed
+    assert "client-2 rejoined" in printed and "client-2 restored 0" in printed
+    assert "dropped at rejoin" not in printed and "dropped at restore" not in printed
+    assert "—" in printed  # client-2 has no accuracy in round 1
 
 
 @pytest.mark.parametrize(
@@ -237,32 +261,55 @@ def _client_dir(state: Path, party: str) -> Path:
     return key / party
 
 
+@contextlib.contextmanager
+def _federation(tmp_path: Path, state: Path):
+    """A SuperLink and the SuperNodes of client-1 and client-2 on 127.0.0.1."""
+    from fedcot.federation.flower_local import LocalFederation
+
+    with LocalFederation(tmp_path / "fed") as fed:
+        fed.start_superlink()
+        for party in ("client-1", "client-2"):
+            fed.start_supernode(party, state)
+        yield fed
+
+
+def _assert_same_as_in_process(cfg, state: Path, round_no: int, tmp_path: Path):
+    """The adapters of every party after ``round_no`` equal an in-process run's, bit for bit
+    (the server's in its run folder, each client's in its state folder). Returns that run."""
+    from fedcot.mkt.rounds import run_mkt
+
+    got = {"server": read_adapters(Path(cfg.output_dir), round_no)["server"]}
+    for party in ("client-1", "client-2"):
+        got[party] = load_adapter(_client_dir(state, party) / f"round-{round_no}")
+    inproc = run_mkt(cfg.model_copy(update={"output_dir": tmp_path / "inproc"}), progress=False)
+    expected = read_adapters(inproc.output_dir, round_no)
+    assert set(expected) == set(got)
+    for party, tensors in expected.items():
+        for k, v in tensors.items():
+            np.testing.assert_array_equal(got[party][k], v, err_msg=f"{party} {k}")
+    return inproc
+
+
 @pytest.mark.network
 @pytest.mark.timeout(900)
 def test_flower_rounds_stop_resume_and_match_the_in_process_engine(
     tmp_path, tiny_parties, rte_folder
 ):
-    from fedcot.federation.flower_local import LocalFederation, run_id_of
-    from fedcot.mkt.rounds import run_mkt
+    from fedcot.federation.flower_local import run_id_of
 
     cfg = mkt_cfg(tmp_path, tiny_parties, rte_folder, rounds=2)
     app = write_flower_app(tmp_path / "app", cfg, reply_timeout=300, wait_clients=120).parent
     run, state = Path(cfg.output_dir), tmp_path / "state"
-    with LocalFederation(tmp_path / "fed") as fed:
-        fed.start_superlink()
-        for party in ("client-1", "client-2"):
-            fed.start_supernode(party, state)
+    with _federation(tmp_path, state) as fed:
         # Run 1: stopped with `flwr stop` once round 1 is checkpointed (mid round 2).
-        proc = fed.submit(app)
+        first = fed.submit(app)
         _wait(lambda: _completed(run) >= 1, 600, "round 1")
         assert _completed(run) == 1
-        head = ""
-        assert proc.stdout is not None
-        while (run_id := run_id_of(head)) is None:
-            head += proc.stdout.readline()
+        run_id = run_id_of(first.output())
+        assert run_id is not None, first.output()
         stopped = fed.stop_run(run_id)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-        proc.communicate(timeout=120)
+        first.wait(timeout=120)
         assert _completed(run) == 1
         # Run 2: resume=true picks up after round 1.
         res = fed.run(app, {"resume": True}, timeout=600)
@@ -281,33 +328,21 @@ def test_flower_rounds_stop_resume_and_match_the_in_process_engine(
     assert all(manifest["parties"][p]["flower_node"] for p in ("client-1", "client-2"))
     # Only the server's adapter is in the server's run folder; each client keeps its own.
     assert sorted(read_adapters(run, 2)) == ["server"]
-    flower_adapters = {"server": read_adapters(run, 2)["server"]}
-    for party in ("client-1", "client-2"):
-        flower_adapters[party] = load_adapter(_client_dir(state, party) / "round-2")
     # The same rounds in one process give the same adapters, bit for bit.
-    inproc = run_mkt(cfg.model_copy(update={"output_dir": tmp_path / "inproc"}), progress=False)
-    expected = read_adapters(inproc.output_dir, 2)
-    for party, tensors in expected.items():
-        for k, v in tensors.items():
-            np.testing.assert_array_equal(flower_adapters[party][k], v, err_msg=f"{party} {k}")
+    inproc = _assert_same_as_in_process(cfg, state, 2, tmp_path)
     assert metrics["rounds"]["2"]["server"]["accuracy"] == inproc.accuracy("server", 2)
 
 
 @pytest.mark.network
 @pytest.mark.timeout(900)
 def test_a_client_that_dies_mid_round_is_dropped_and_rejoins(tmp_path, tiny_parties, rte_folder):
-    from fedcot.federation.flower_local import LocalFederation
-
     cfg = mkt_cfg(tmp_path, tiny_parties, rte_folder, rounds=2)
     app = write_flower_app(
         tmp_path / "app", cfg, reply_timeout=40, hello_timeout=20, wait_clients=120
     ).parent
     run, state = Path(cfg.output_dir), tmp_path / "state"
-    with LocalFederation(tmp_path / "fed") as fed:
-        fed.start_superlink()
-        for party in ("client-1", "client-2"):
-            fed.start_supernode(party, state)
-        proc = fed.submit(app)
+    with _federation(tmp_path, state) as fed:
+        flwr_run = fed.submit(app)
         # client-2's machine dies right after its local training of round 1 …
         _wait(
             lambda: (
@@ -321,10 +356,8 @@ def test_a_client_that_dies_mid_round_is_dropped_and_rejoins(tmp_path, tiny_part
         fed.kill("client-2")
         # … and comes back as a new SuperNode while round 1 goes on without it.
         fed.start_supernode("client-2", state)
-        t0 = time.monotonic()
-        out, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, out[-3000:]
-        assert time.monotonic() - t0 < 600
+        # Bounded: wait() raises if the run has not ended 600 s later.
+        assert flwr_run.wait(timeout=600) == 0, flwr_run.output()[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     (drop,) = metrics["dropouts"]["1"]
     assert drop["party"] == "client-2" and drop["phase"] in ("local", "distill")
@@ -396,31 +429,17 @@ def test_secure_superlink_refuses_unregistered_and_plaintext_supernodes(tmp_path
 @pytest.mark.network
 @pytest.mark.timeout(600)
 def test_standalone_over_flower_matches_the_in_process_baseline(tmp_path, tiny_parties, rte_folder):
-    from fedcot.federation.flower_local import LocalFederation
-    from fedcot.mkt.rounds import run_mkt
-
     cfg = mkt_cfg(tmp_path, tiny_parties, rte_folder, rounds=1, mode="standalone")
     app = write_flower_app(tmp_path / "app", cfg, reply_timeout=300, wait_clients=120).parent
     state = tmp_path / "state"
-    with LocalFederation(tmp_path / "fed") as fed:
-        fed.start_superlink()
-        for party in ("client-1", "client-2"):
-            fed.start_supernode(party, state)
+    with _federation(tmp_path, state) as fed:
         res = fed.run(app, timeout=500)
     assert res.returncode == 0, res.output[-3000:]
-    run = Path(cfg.output_dir)
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
     # Nothing but the work orders and the training logs: no logits, no adapters.
     assert set(metrics["traffic"]["1"]) == {"flower"}
     steps = {}
     for e in metrics["training"]["1"]:
         steps[e["party"]] = steps.get(e["party"], 0) + e["steps"]
     assert steps == {"client-1": 4, "client-2": 4, "server": 2}
-    inproc = run_mkt(cfg.model_copy(update={"output_dir": tmp_path / "inproc"}), progress=False)
-    expected = read_adapters(inproc.output_dir, 1)
-    got = {"server": read_adapters(run, 1)["server"]}
-    for party in ("client-1", "client-2"):
-        got[party] = load_adapter(_client_dir(state, party) / "round-1")
-    for party, tensors in expected.items():
-        for k, v in tensors.items():
-            np.testing.assert_array_equal(got[party][k], v, err_msg=f"{party} {k}")
+    _assert_same_as_in_process(cfg, state, 1, tmp_path)

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from fedcot.errors import BackendError
 from fedcot.federation.serve import ServeConfig, ServeLimits, create_app, make_server
 from fedcot.models.backends.base import Backend, Completion, GenerationParams, is_chat
+from fedcot.procs import Child, signal_group
 
 from leaks import sensitive_units
 from tiny_models import make_tiny_lm
@@ -782,26 +783,12 @@ class ServerProcess:
             "FEDCOT_PROGRESS": "0",
         }
         self.audit = audit
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.child = Child(cmd, env=env, cwd=ROOT)
+        self.proc = self.child.proc
+        self.lines = self.child.lines
         self.url = self._wait_for_url()
         self.root = self.url.removesuffix("/v1")
         self._wait_healthy()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
 
     def _wait_for_url(self) -> str:
         deadline = time.time() + 120
@@ -830,17 +817,8 @@ class ServerProcess:
         lines = self.audit.read_text(encoding="ascii").splitlines() if self.audit.exists() else []
         return [json.loads(x) for x in lines[start:]]
 
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
-        return self.proc.returncode
+    def stop(self) -> int:
+        return self.child.stop()
 
 
 @pytest.fixture(scope="module")
@@ -921,11 +899,11 @@ def test_sigterm_finishes_the_request_in_flight(tiny_dir, tmp_path):
             time.sleep(0.02)
         else:
             pytest.fail("the request never arrived")
-        os.killpg(server.proc.pid, signal.SIGTERM)
+        signal_group(server.proc, signal.SIGTERM)
         t.join(timeout=60)
         assert result.get("status") == 200, result
         assert result["body"]["choices"][0]["finish_reason"] in ("stop", "length")
-        assert server.proc.wait(timeout=60) == 0, "".join(server.lines)
+        assert server.child.wait(timeout=60) == 0, "".join(server.lines)
         assert "fedcot serve: stopped" in "".join(server.lines)
         (rec,) = [r for r in server.audit_records() if r["route"] == "/v1/completions"]
         assert rec["status"] == 200 and rec["prompt"] == "Hello there"

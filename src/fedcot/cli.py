@@ -39,6 +39,7 @@ out = Console()
 err = Console(stderr=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML or YAML config file.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in output_dir.")]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config field: --set generation.max_new_tokens=64."),
@@ -294,9 +295,7 @@ def distill_cmd(
     student: Annotated[str | None, typer.Option(help="The client's model.")] = None,
     alpha: Annotated[float | None, typer.Option(help="Weight of the rationale loss.")] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in output_dir.")
-    ] = False,
+    resume: ResumeOpt = False,
     overrides: SetOpt = None,
 ) -> None:
     """Run FedCoT on a client: perturb → server rationales → decode → multi-task training."""
@@ -378,7 +377,7 @@ def _mkt_config(
 
 
 def _print_mkt(cfg: Any, metrics: dict[str, Any], folder: Path, engine: str = "") -> None:
-    from fedcot.federation.flower import accuracy_table
+    from fedcot.mkt.rounds import accuracy_table
 
     acc = accuracy_table(metrics)
     table = Table(title=f"fedcot mkt{engine} · {cfg.task} · {cfg.scenario} · {cfg.mode}")
@@ -390,11 +389,17 @@ def _print_mkt(cfg: Any, metrics: dict[str, Any], folder: Path, engine: str = ""
         row = acc.get(name, {})
         table.add_row(name, *(f"{100 * row[r]:.1f} %" if r in row else "—" for r in rounds_done))
     out.print(table)
-    dropped = [e for evs in metrics.get("dropouts", {}).values() for e in evs if "reason" in e]
-    for e in dropped:
-        out.print(
-            f"[yellow]round {e['round']}: {e['party']} dropped at {e['phase']}: {e['reason']}"
-        )
+    for events in metrics.get("dropouts", {}).values():
+        for e in events:  # drop-outs, and clients that rejoined or restored an older round
+            if e["phase"] == "rejoin":
+                out.print(f"[yellow]round {e['round']}: {e['party']} rejoined")
+            elif e["phase"] == "restore":
+                out.print(f"[yellow]round {e['round']}: {e['party']} {e['reason']}")
+            else:
+                out.print(
+                    f"[yellow]round {e['round']}: {e['party']} dropped at {e['phase']}: "
+                    f"{e['reason']}"
+                )
     out.print(f"run folder: {folder}")
 
 
@@ -408,9 +413,7 @@ def mkt_cmd(
     mode: MKTMode = None,
     top_k: MKTTopK = None,
     output_dir: MKTOut = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in output_dir.")
-    ] = False,
+    resume: ResumeOpt = False,
     overrides: SetOpt = None,
 ) -> None:
     """Run FedMKT: a server LLM and client SLMs teach each other through top-K logits."""
@@ -429,12 +432,18 @@ flower_app = typer.Typer(
 )
 app.add_typer(flower_app, name="flower")
 
+# Defaults of the Flower run config: RUN_CONFIG_DEFAULTS in fedcot.federation.flower.
 ReplyTimeout = Annotated[
-    float, typer.Option(help="Seconds the server waits for a phase's replies; then it drops.")
+    float | None,
+    typer.Option(help="Seconds the server waits for a phase's replies, then drops [1800]."),
 ]
-HelloTimeout = Annotated[float, typer.Option(help="Seconds to wait for a SuperNode's greeting.")]
-MinClients = Annotated[int, typer.Option(help="Clients needed to start (0: all of the config).")]
-WaitClients = Annotated[float, typer.Option(help="Seconds to wait for those clients.")]
+HelloTimeout = Annotated[
+    float | None, typer.Option(help="Seconds to wait for a SuperNode's greeting [120].")
+]
+MinClients = Annotated[
+    int | None, typer.Option(help="Clients needed to start (0: all of the config) [0].")
+]
+WaitClients = Annotated[float | None, typer.Option(help="Seconds to wait for them [300].")]
 
 
 @flower_app.command("app")
@@ -448,10 +457,10 @@ def flower_app_cmd(
     mode: MKTMode = None,
     top_k: MKTTopK = None,
     output_dir: MKTOut = None,
-    reply_timeout: ReplyTimeout = 1800.0,
-    hello_timeout: HelloTimeout = 120.0,
-    min_clients: MinClients = 0,
-    wait_clients: WaitClients = 300.0,
+    reply_timeout: ReplyTimeout = None,
+    hello_timeout: HelloTimeout = None,
+    min_clients: MinClients = None,
+    wait_clients: WaitClients = None,
     overrides: SetOpt = None,
 ) -> None:
     """Write a Flower App (pyproject.toml) that runs this FedMKT config with `flwr run`."""
@@ -488,11 +497,9 @@ def flower_local_cmd(
     mode: MKTMode = None,
     top_k: MKTTopK = None,
     output_dir: MKTOut = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in output_dir.")
-    ] = False,
-    reply_timeout: ReplyTimeout = 1800.0,
-    hello_timeout: HelloTimeout = 120.0,
+    resume: ResumeOpt = False,
+    reply_timeout: ReplyTimeout = None,
+    hello_timeout: HelloTimeout = None,
     secure: Annotated[
         bool,
         typer.Option(

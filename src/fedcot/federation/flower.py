@@ -139,36 +139,37 @@ def parse_config_text(text: str) -> MKTConfig:
 
 @dataclass
 class FlowerRunOptions:
-    """The app's run config, validated (see :data:`RUN_CONFIG_DEFAULTS`)."""
+    """The app's run config, validated (keys and defaults: :data:`RUN_CONFIG_DEFAULTS`)."""
 
     config: MKTConfig
-    resume: bool = False
-    reply_timeout: float = 1800.0
-    hello_timeout: float = 120.0
-    min_clients: int = 0
-    wait_clients: float = 300.0
+    resume: bool
+    reply_timeout: float
+    hello_timeout: float
+    min_clients: int
+    wait_clients: float
 
     @classmethod
-    def from_run_config(cls, rc: Mapping[str, Any]) -> FlowerRunOptions:
-        unknown = set(rc) - set(RUN_CONFIG_DEFAULTS)
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> FlowerRunOptions:
+        unknown = set(run_config) - set(RUN_CONFIG_DEFAULTS)
         if unknown:
             raise ConfigError(f"unknown run config keys: {sorted(unknown)}")
-        text = str(rc.get("mkt-config", ""))
+        rc = {**RUN_CONFIG_DEFAULTS, **run_config}
+        text = str(rc["mkt-config"])
         if not text.strip():
             raise ConfigError(
                 "the run config holds no 'mkt-config'",
                 hint="write the app with `fedcot flower app DIR --config mkt.toml`",
             )
         cfg = parse_config_text(text)
-        if rc.get("output-dir"):
+        if rc["output-dir"]:
             cfg = cfg.model_copy(update={"output_dir": Path(str(rc["output-dir"]))})
         opts = cls(
             config=cfg,
-            resume=bool(rc.get("resume", False)),
-            reply_timeout=float(rc.get("reply-timeout", 1800.0)),
-            hello_timeout=float(rc.get("hello-timeout", 120.0)),
-            min_clients=int(rc.get("min-clients", 0)),
-            wait_clients=float(rc.get("wait-clients", 300.0)),
+            resume=bool(rc["resume"]),
+            reply_timeout=float(rc["reply-timeout"]),
+            hello_timeout=float(rc["hello-timeout"]),
+            min_clients=int(rc["min-clients"]),
+            wait_clients=float(rc["wait-clients"]),
         )
         if opts.reply_timeout <= 0 or opts.hello_timeout <= 0 or opts.wait_clients < 0:
             raise ConfigError("reply-timeout and hello-timeout must be > 0, wait-clients ≥ 0")
@@ -719,13 +720,13 @@ def run_flower_server(grid: Any, opts: FlowerRunOptions, console: Console | None
         )
         if cfg.mode != "standalone":
             s_rows, s_loss = server.public_logits(s_items, k=cfg.top_k, loss_unit=cfg.loss_unit)
-            raw = server.message(r, s_items, s_rows, s_loss).model_dump_json().encode()
+            smsg = server.message(r, s_items, s_rows, s_loss)
+            raw = smsg.model_dump_json().encode()
             targets = order(fed.nodes)
             if targets:
                 traffic[server.name] = {
                     "bytes": len(raw) * len(targets),
-                    "dense_bytes": LogitsMessage.model_validate_json(raw).dense_nbytes()
-                    * len(targets),
+                    "dense_bytes": smsg.dense_nbytes() * len(targets),
                     "per_client_bytes": len(raw),
                 }
             done = fed.exchange(
@@ -881,12 +882,3 @@ def absolute_paths(cfg: MKTConfig) -> MKTConfig:
             "clients": [c.model_copy(update={"model": fix(c.model)}) for c in cfg.clients],
         }
     )
-
-
-def accuracy_table(metrics: Mapping[str, Any]) -> dict[str, dict[int, float]]:
-    """party → round → accuracy, from a run's metrics.json."""
-    table: dict[str, dict[int, float]] = {}
-    for r, row in metrics.get("rounds", {}).items():
-        for party, v in row.items():
-            table.setdefault(party, {})[int(r)] = float(v["accuracy"])
-    return table

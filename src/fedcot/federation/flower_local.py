@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcot.errors import FedcotError, require
+from fedcot.procs import Child, stop_group
 
 __all__ = ["FlowerRun", "LocalFederation", "free_port", "threads_per_node"]
 
@@ -101,9 +102,6 @@ class LocalFederation:
             encoding="utf-8",
         )
 
-    def _addr(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
-
     # -- processes -----------------------------------------------------------------------
     def _spawn(
         self, name: str, argv: list[str], env: dict[str, str] | None = None
@@ -151,7 +149,7 @@ class LocalFederation:
         while time.monotonic() < deadline:
             if self.procs["superlink"].poll() is not None:
                 raise FedcotError(f"the SuperLink exited; see {self.logs / 'superlink.log'}")
-            with contextlib.suppress(OSError), socket.create_connection(self._addr(), 1):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
                 return
             time.sleep(0.2)
         raise FedcotError(f"the SuperLink did not listen within {timeout:g} s")
@@ -214,23 +212,16 @@ class LocalFederation:
         )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to a process and its children (SIGKILL: a machine that dies)."""
+        """Send ``sig`` to a process and its children (SIGKILL: a machine that dies); what
+        has not ended 30 s later is killed."""
         proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
+        if proc is not None:
+            stop_group(proc, sig)
 
     def close(self) -> None:
         """Stop every process: SIGTERM, then SIGKILL for what is still running."""
         for name in list(self.procs):
             self.kill(name, signal.SIGTERM)
-        for proc in list(self.procs.values()):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        self.procs.clear()
 
     def __enter__(self) -> LocalFederation:
         return self
@@ -251,8 +242,8 @@ class LocalFederation:
         )
 
     def submit(
-        self, app_dir: Path, run_config: dict[str, Any] | None = None
-    ) -> subprocess.Popen[str]:
+        self, app_dir: Path, run_config: dict[str, Any] | None = None, *, echo: bool = False
+    ) -> Child:
         """``flwr run APP local --stream`` in the background (its output is the run's log)."""
         argv = [_bin("flwr"), "run", str(Path(app_dir).resolve()), "local", "--stream"]
         if run_config:
@@ -261,15 +252,7 @@ class LocalFederation:
             overrides = self.workdir / f"run-config-{time.time_ns()}.toml"
             overrides.write_text(tomli_w.dumps(run_config), encoding="utf-8")
             argv += ["--run-config", str(overrides)]
-        return subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=self.env,
-            cwd=self.workdir,
-            start_new_session=True,
-        )
+        return Child(argv, env=self.env, cwd=self.workdir, echo=echo)
 
     def run(
         self,
@@ -280,33 +263,16 @@ class LocalFederation:
         echo: bool = False,
     ) -> FlowerRun:
         """Submit a run and wait until it ends (or ``timeout`` seconds)."""
-        import threading
-
         t0 = time.monotonic()
-        proc = self.submit(app_dir, run_config)
-        lines: list[str] = []
-
-        def read() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                lines.append(line)
-                if echo:
-                    sys.stderr.write(line)
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
+        run = self.submit(app_dir, run_config, echo=echo)
         try:
-            proc.wait(timeout=timeout)
+            rc = run.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            reader.join(timeout=5)
-            tail = "".join(lines)[-4000:]
+            run.stop(signal.SIGKILL)
+            tail = run.output()[-4000:]
             raise FedcotError(f"flwr run did not finish within {timeout:g} s:\n{tail}") from None
-        reader.join(timeout=30)
-        out = "".join(lines)
-        return FlowerRun(proc.returncode, out, run_id_of(out), time.monotonic() - t0)
+        out = run.output()
+        return FlowerRun(rc, out, run_id_of(out), time.monotonic() - t0)
 
     def stop_run(self, run_id: int) -> subprocess.CompletedProcess[str]:
         """``flwr stop RUN_ID``: end a run (its ServerApp is stopped)."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -260,6 +260,15 @@ class MKTResult:
     def accuracy(self, party: str, round_no: int) -> float:
         """Test accuracy of ``party`` after ``round_no`` (0 = before training)."""
         return float(self.metrics["rounds"][str(round_no)][party]["accuracy"])
+
+
+def accuracy_table(metrics: Mapping[str, Any]) -> dict[str, dict[int, float]]:
+    """party → round → accuracy, from a run's metrics.json."""
+    table: dict[str, dict[int, float]] = {}
+    for r, row in metrics.get("rounds", {}).items():
+        for party, v in row.items():
+            table.setdefault(party, {})[int(r)] = float(v["accuracy"])
+    return table
 
 
 def _seed(*parts: int) -> int:
@@ -651,11 +660,12 @@ def manifest_base(
     }
 
 
-def party_info(party: Party | Vocab, role: str, vocab_size: int | None = None) -> dict[str, Any]:
+def party_info(party: Party, role: str) -> dict[str, Any]:
+    """A party's manifest entry."""
     return {
         "model": party.model_name,
         "tokenizer_hash": party.tokenizer_hash,
-        "vocab_size": vocab_size if vocab_size is not None else party.vocab_size,  # type: ignore[union-attr]
+        "vocab_size": party.vocab_size,
         "role": role,
     }
 
