@@ -157,10 +157,11 @@ def test_adaptive_without_spans(space):
     )
     (r,) = rows
     assert r.mechanism == "adaptive" and r.verbatim_spans is None
-    # "Maria" is sensitive (ε_S = 1), everything else gets ε_N = 3: one draw per distinct
-    # unit, (1 + 5·3) and 6·3 per prompt.
-    assert r.n_sensitive_units == 1
-    assert r.epsilon_per_prompt == pytest.approx((16 + 18) / 2)
+    # FedCoT-A at defaults: surrogates and kept words, no ε-LDP draw; its attacks run per
+    # entity against candidate lists (fedcot.privacy.threats), not per unit here.
+    assert r.n_sensitive_units >= 1 and r.epsilon_per_prompt == 0.0
+    assert r.bayes_recovery_sensitive is None and r.nn_recovery_all is None
+    assert r.token_change_rate < 0.5
 
 
 @needs_encoder
@@ -177,8 +178,9 @@ def test_attacks_target_the_mechanism_that_drew_each_unit(space, monkeypatch):
     monkeypatch.setattr(ev, "bayes_inversion", spy)
     texts = ["We paid Maria the rent.", "The cat sat on the mat."]
     privacy_grid(texts, None, ["adaptive"], [1.0], space=space, top_k=8, progress=False)
-    # Adaptive: the flagged word through the sensitive route at ε_S, the rest top-K at ε_N.
-    assert seen == {("ExponentialMechanism", 1.0), ("TopKMechanism", 3.0)}
+    assert seen == set()  # FedCoT-A: per-entity attacks (fedcot.privacy.threats)
+    privacy_grid(texts, None, ["topk"], [1.0], space=space, top_k=8, progress=False)
+    assert seen == {("TopKMechanism", 1.0)}
     seen.clear()
     privacy_grid(texts, None, ["rantext"], [2.0], space=space, progress=False)
     assert seen == {("RantextMechanism", 2.0)}

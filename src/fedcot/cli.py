@@ -570,25 +570,36 @@ def perturb_cmd(
         Path | None,
         typer.Option(help="Also write the private original→stand-in maps (keep it local!)."),
     ] = None,
+    bad_rows: Annotated[
+        str, typer.Option(help="A row without text: 'stop' (the default) or 'skip' (counted).")
+    ] = "stop",
     config: ConfigOpt = None,
     strategy: Annotated[
         str | None, typer.Option(help="adaptive | exponential | topk | rantext | none.")
     ] = None,
-    epsilon: Annotated[float | None, typer.Option(help="ε per unit (adaptive: ε_S).")] = None,
+    epsilon: Annotated[
+        float | None, typer.Option(help="ε per unit (adaptive: ε of the metric-DP numbers).")
+    ] = None,
     epsilon_normal: Annotated[
-        float | None, typer.Option(help="adaptive: ε_N of non-sensitive units.")
+        float | None, typer.Option(help="adaptive with --set base=…: ε_N of other words.")
     ] = None,
     top_k: Annotated[int | None, typer.Option(help="Output-set size of top-K.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (recorded).")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Reproducible draws (experiments only: replayable).")
+    ] = None,
     terms: Annotated[
         list[str] | None, typer.Option("--term", help="Always-sensitive term (repeatable).")
     ] = None,
     overrides: SetOpt = None,
 ) -> None:
-    """Privatise text with a local-DP mechanism: perturbed JSONL plus a privacy ledger."""
+    """Privatise text: perturbed JSONL plus a privacy ledger (strict JSON)."""
+    import warnings
+
     from fedcot.config import load_config
     from fedcot.privacy.perturb import PerturbConfig, Perturber
 
+    if bad_rows not in ("stop", "skip"):
+        raise FedcotError(f"--bad-rows must be 'stop' or 'skip', not {bad_rows!r}")
     cfg = load_config(
         PerturbConfig,
         config,
@@ -602,9 +613,13 @@ def perturb_cmd(
             "terms": terms,
         },
     )
-    ids, texts = _read_texts(text, input_path, field)
+    ids, texts, skipped = _read_texts(text, input_path, field, skip_bad=bad_rows == "skip")
     err.print(f"perturbing {len(texts)} text(s) with [bold]{cfg.strategy}[/] ...")
-    perturber = Perturber.from_config(cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        perturber = Perturber.from_config(cfg)
+    for w in caught:
+        err.print(f"[yellow]warning: {w.message}[/]")
     from fedcot.progress import progress_bar
 
     results = []
@@ -612,64 +627,91 @@ def perturb_cmd(
         for s in range(0, len(texts), 256):
             results.extend(perturber.perturb(texts[s : s + 256], ids[s : s + 256]))
             advance(min(256, len(texts) - s))
+    _write_perturbed(results, output, input_path, ledger, private_map, perturber, cfg, skipped)
+
+
+def _write_perturbed(
+    results: list[Any],
+    output: Path | None,
+    input_path: Path | None,
+    ledger: Path | None,
+    private_map: Path | None,
+    perturber: Any,
+    cfg: Any,
+    skipped: list[str],
+) -> None:
+    """Perturbed rows, the ledger and the private map, each as strict UTF-8 JSON."""
     if output is None and input_path is None:
         for r in results:
             out.print(r.text, markup=False, highlight=False)
     else:
         target = output or input_path.with_suffix(".perturbed.jsonl")  # type: ignore[union-attr]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("w", encoding="utf-8") as f:
-            for r in results:
-                f.write(json.dumps(r.public(), ensure_ascii=False) + "\n")
+        _write_jsonl_strict(target, [r.public() for r in results])
         out.print(f"perturbed: {target}")
         ledger = ledger or target.with_suffix(".ledger.json")
     if ledger is not None:
-        data = perturber.accountant.to_dict()
-        data["config"] = cfg.model_dump(mode="json")
-        ledger.parent.mkdir(parents=True, exist_ok=True)
-        ledger.write_text(json.dumps(data, indent=2))
+        extra = {"config": cfg.model_dump(mode="json"), "skipped_rows": skipped}
+        perturber.accountant.save(ledger, extra)
         out.print(f"ledger: {ledger}")
     if private_map is not None:
-        private_map.parent.mkdir(parents=True, exist_ok=True)
-        with private_map.open("w", encoding="utf-8") as f:
-            for r in results:
-                f.write(json.dumps({"id": r.id, "mapping": r.mapping}, ensure_ascii=False) + "\n")
+        _write_jsonl_strict(private_map, [{"id": r.id, "mapping": r.mapping} for r in results])
         err.print(f"[yellow]private map (never send it): {private_map}[/]")
+    if skipped:
+        err.print(f"[yellow]skipped {len(skipped)} bad row(s): {', '.join(skipped[:10])}[/]")
     summary = perturber.accountant.summary()
     if cfg.strategy != "none":
+        disclosed = sum(summary["disclosed_types"].values())
         err.print(
-            f"ε per prompt: max {summary['per_prompt_max']:.1f}, mean "
-            f"{summary['per_prompt_mean']:.1f} over {summary['draws']} draws"
+            f"ε-LDP per prompt: max {summary['ldp_per_prompt_max']:.1f}; "
+            f"{disclosed} value(s) replaced by independent surrogates (type disclosed); "
+            f"randomness: {summary['randomness']}"
         )
 
 
-def _read_texts(text: str | None, path: Path | None, field: str) -> tuple[list[str], list[str]]:
+def _write_jsonl_strict(path: Path, rows: list[dict[str, Any]]) -> None:
+    """JSONL that any parser reads: no NaN/Infinity, lone surrogates escaped as U+FFFD."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", errors="replace") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def _read_texts(
+    text: str | None, path: Path | None, field: str, skip_bad: bool = False
+) -> tuple[list[str], list[str], list[str]]:
+    """(ids, texts, skipped rows as "file:line (id)") from a TEXT argument or a file."""
     from fedcot.errors import DataError
 
     if (text is None) == (path is None):
         raise FedcotError("give either a TEXT argument or --input FILE, not both or neither")
     if text is not None:
-        return ["p0"], [text]
+        if not text.strip():
+            raise DataError("the text is empty", hint="give a non-empty TEXT")
+        return ["p0"], [text], []
     assert path is not None
     from fedcot.data.loaders import read_text_rows
 
     ids: list[str] = []
     texts: list[str] = []
-    for lineno, row in read_text_rows(path):
-        if isinstance(row, str):
-            ids.append(f"line{lineno}")
-            texts.append(row)
-            continue
-        if not isinstance(row.get(field), str):
+    skipped: list[str] = []
+    for lineno, row in read_text_rows(path, keep_blank=True):
+        rid = f"line{lineno}" if isinstance(row, str) else str(row.get("id", f"line{lineno}"))
+        value = row if isinstance(row, str) else row.get(field)
+        if not isinstance(value, str) or not value.strip():
+            where = f"{path}, line {lineno} (id {rid})"
+            if skip_bad:
+                skipped.append(where)
+                continue
+            what = "empty text" if isinstance(value, str) else f"no string field '{field}'"
             raise DataError(
-                f"{path}, line {lineno}: no string field '{field}'",
-                hint="pick the field with --field",
+                f"{where}: {what}",
+                hint="fix the row, pick the field with --field, or pass --bad-rows skip",
             )
-        ids.append(str(row.get("id", f"line{lineno}")))
-        texts.append(row[field])
+        ids.append(rid)
+        texts.append(value)
     if not texts:
         raise DataError(f"{path} holds no texts")
-    return ids, texts
+    return ids, texts, skipped
 
 
 @app.command("privacy-eval")
@@ -695,11 +737,24 @@ def privacy_eval_cmd(
         typer.Option(help="Attacker's candidates: only the N most frequent (default: all)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (recorded).")] = 0,
+    threats: Annotated[
+        bool,
+        typer.Option(help="Also run the per-value attacks (candidate lists, seed replay)."),
+    ] = True,
+    contextual: Annotated[
+        str | None,
+        typer.Option(help="Local model for the contextual attack, e.g. gemma3-270m."),
+    ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path(
         "runs/privacy-eval"
     ),
 ) -> None:
-    """Attack the privacy mechanisms and measure utility: rows.json, frontier.png, a table."""
+    """Attack the privacy mechanisms and measure utility: rows.json, frontier.png, tables.
+
+    With annotated spans (``--data pii`` or an annotated .jsonl) the per-value attacks run
+    too: nearest neighbour, Bayes, seed replay and (``--contextual MODEL``) a local LLM,
+    each against 10-candidate lists, with OS entropy and with seed 0.
+    """
     import time
 
     from fedcot.privacy.evaluate import (
@@ -748,6 +803,56 @@ def privacy_eval_cmd(
     json_path = save_json(rows, out_dir / "rows.json")
     png_path = plot_frontier(rows, out_dir / "frontier.png")
     out.print(f"rows: {json_path}\nfrontier: {png_path}")
+    if threats and spans is not None:
+        _privacy_threats(texts, spans, mechs, eps_list, space, encoder, contextual, out_dir)
+
+
+def _privacy_threats(
+    texts: list[str],
+    spans: list[Any],
+    mechs: list[str],
+    eps_list: list[float],
+    space: Any,
+    encoder: Any,
+    contextual: str | None,
+    out_dir: Path,
+) -> None:
+    """The per-value attacks of fedcot.privacy.threats, per mechanism, ε and randomness."""
+    import warnings
+
+    from fedcot.privacy.annotated import from_records
+    from fedcot.privacy.perturb import PerturbConfig, Perturber
+    from fedcot.privacy.threats import run_threats, threat_table
+
+    items = from_records(texts, spans)
+    backend = None
+    if contextual:
+        from fedcot.models.backends import make_backend
+
+        backend = make_backend("transformers", contextual, batch_size=8)
+    rows = []
+    for m in mechs:
+        for e in eps_list:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                base = Perturber.from_config(PerturbConfig(strategy=m, epsilon=e), space)  # type: ignore[arg-type]
+            for client_seed in (None, 0):
+                rows.append(
+                    run_threats(
+                        m,
+                        e,
+                        [i.text for i in items],
+                        [i.spans for i in items],
+                        base.with_seed,
+                        encoder=encoder,
+                        seed=client_seed,
+                        backend=backend if client_seed is None else None,
+                    )
+                )
+    Console(width=160).print(threat_table(rows))
+    path = out_dir / "threats.json"
+    path.write_text(json.dumps([r.to_dict() for r in rows], indent=2, allow_nan=False))
+    out.print(f"threats: {path}")
 
 
 # -- serve ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import json
 import shutil
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.panel import Panel
@@ -22,6 +22,10 @@ from rich.table import Table
 
 from fedcot.config import DemoConfig
 from fedcot.privacy.attacks import verbatim_leakage
+from fedcot.privacy.units import split_units
+
+if TYPE_CHECKING:
+    from fedcot.privacy.perturb import PerturbConfig
 
 
 def distill_config(cfg: DemoConfig) -> Any:
@@ -83,8 +87,7 @@ def run_demo(
     )
     console.print(Panel(records[0].question, title="record 0 (stays on the client)", expand=False))
     console.print(
-        f"[bold]Pipeline[/]: perturb ({dcfg.strategy}, ε = {dcfg.privacy.eps_sensitive:g} for "
-        f"sensitive units, {dcfg.privacy.eps_normal:g} for the rest) → {cfg.teacher.model} "
+        f"[bold]Pipeline[/]: perturb ({_strategy_line(dcfg.privacy)}) → {cfg.teacher.model} "
         f"writes rationales → inverse-map decoding → {cfg.student.model} learns label + "
         f"rationale (α = {cfg.alpha:g}, {cfg.train_steps} LoRA steps)\n"
     )
@@ -117,11 +120,17 @@ def run_demo(
             raise RuntimeError(f"the server never received the prompt of record {r.id}")
         # Stand-ins the mechanism drew for *other* units ("3120" → "44") can equal a short
         # span ("44", an age) by chance; that is not the original passing through.
-        drawn = {u["output"] for u in p["units"] if u["output"] != u["original"]}
+        # … or a token inside another entity's stand-in ("31" in a surrogate "+31 …" phone).
+        drawn = {
+            v.text
+            for u in p["units"]
+            if u["output"] != u["original"] and u["kind"] != "name-part"
+            for v in split_units(u["output"])
+        }
         for sp in r.meta["spans"]:
             total += 1
             if verbatim_leakage(r.question, block, [sp])[0]:
-                if sp["text"] in drawn:
+                if sp["text"] in drawn or _drawn_onto_itself(p["units"], sp):
                     coincidences += 1
                 else:
                     leaked += 1
@@ -149,19 +158,15 @@ def run_demo(
         f"{result.rationales.get('agree_with_gold', 0)} reach the gold answer after decoding",
     )
     if ledger:
-        table.add_row(
-            "ε spent",
-            f"{ledger['per_prompt_mean']:.0f} per record on average (max "
-            f"{ledger['per_prompt_max']:.0f}; sequential composition over the "
-            f"units of a record; ε = {dcfg.privacy.eps_sensitive:g} per sensitive unit)",
-        )
+        table.add_row("privacy spent", _ledger_line(ledger))
     table.add_row(
         "leak check",
         f"{leaked} of {total} sensitive spans appear verbatim in the prompt the server "
         "received about their record"
         + (" ✓" if leaked == 0 else " ✗")
         + (
-            f" ({coincidences} more equal a stand-in drawn for another unit)"
+            f" ({coincidences} more are a stand-in drawn for another value, or a draw that "
+            "landed on its own value)"
             if coincidences
             else ""
         ),
@@ -191,3 +196,48 @@ def run_demo(
     (cfg.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(f"run folder: {cfg.output_dir}  ({summary['seconds']} s)")
     return summary
+
+
+def _strategy_line(privacy: PerturbConfig) -> str:
+    if privacy.strategy == "adaptive":
+        return (
+            "adaptive: typed surrogates drawn independently of each value, numbers by metric "
+            f"DP at ε = {privacy.epsilon:g} per 10 years or factor of 10, other words "
+            + (
+                "kept"
+                if privacy.base == "keep"
+                else f"{privacy.base} at ε_N = {privacy.eps_normal:g}"
+            )
+        )
+    return f"{privacy.strategy}, ε = {privacy.epsilon:g} per unit"
+
+
+def _ledger_line(ledger: dict[str, Any]) -> str:
+    disclosed = ledger.get("disclosed_types", {})
+    metric = ledger.get("metric_by_kind", {})
+    parts = []
+    if disclosed:
+        parts.append(
+            f"{sum(disclosed.values())} values replaced by independent surrogates (types "
+            "disclosed: " + ", ".join(f"{k} {v}" for k, v in disclosed.items()) + ")"
+        )
+    if metric:
+        parts.append(
+            "numbers by metric DP: "
+            + ", ".join(f"{k} {v['draws']}× ε {v['epsilon_sum'] / max(v['draws'], 1):g} per "
+                        f"{v['per']}" for k, v in metric.items())
+        )  # fmt: skip
+    if ledger.get("ldp_per_prompt_max", 0):
+        parts.append(f"ε-LDP up to {ledger['ldp_per_prompt_max']:.1f} per record")
+    return "; ".join(parts) + f"; randomness: {ledger.get('randomness', '?')}"
+
+
+def _drawn_onto_itself(units: list[dict[str, Any]], span: dict[str, Any]) -> bool:
+    """The span was replaced by a draw that happened to equal it (a month name drawn again,
+    a number the metric-DP mechanism drew onto its own value): a draw with the probability
+    the mechanism gives it, not a value passed through."""
+    return any(
+        u["output"] == u["original"] and u["start"] < span["end"] and span["start"] < u["end"]
+        for u in units
+        if u["kind"] != "name-part"
+    )

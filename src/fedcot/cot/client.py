@@ -310,6 +310,7 @@ def run_distill(
         "started": started,
         "versions": package_versions(),
         "seeds": {"run": cfg.seed, "privacy": cfg.privacy.seed, "train": cfg.train.seed},
+        "privacy_randomness": "OS entropy" if cfg.privacy.seed is None else "seeded (replayable)",
         "task": cfg.task,
         "data": {"source": cfg.data, "train": len(train), "test": len(test)},
         "student": cfg.student.model,
@@ -414,13 +415,20 @@ def run_distill(
             if cfg.strategy != "none":
                 perturber.accountant.save(run.ledger)
         if run.ledger.exists():
-            acct = PrivacyAccountant.from_dict(json.loads(run.ledger.read_text()))
-            privacy_info["ledger"] = acct.summary()
+            privacy_info["ledger"] = PrivacyAccountant.load(run.ledger).summary()
         if cfg.strategy == "none":
-            privacy_info["epsilon"] = "inf"
-        elif cfg.strategy in ("exponential", "adaptive"):
-            privacy_info["epsilon_unit"] = cfg.privacy.eps_sensitive
-            privacy_info["epsilon_normal"] = cfg.privacy.eps_normal
+            privacy_info["epsilon"] = None
+            privacy_info["guarantee"] = "none (non-private baseline)"
+        elif cfg.strategy == "exponential":
+            privacy_info["epsilon_per_unit"] = cfg.privacy.eps_sensitive
+        elif cfg.strategy == "adaptive":
+            privacy_info["number_epsilon"] = cfg.privacy.eps_sensitive
+            privacy_info["base"] = cfg.privacy.base
+        privacy_info["randomness"] = (
+            "OS entropy"
+            if cfg.privacy.seed is None
+            else f"seed {cfg.privacy.seed}: reproducible — not for private data"
+        )
         timings["perturb"] = round(time.perf_counter() - t0, 2)
 
         # 2. Ask the server (cached). Examples the encoder could not encode are not sent.

@@ -68,8 +68,8 @@ class DistillConfig(_Strict):
     def _consistent(self) -> DistillConfig:
         if self.strategy != "encoder-decoder" and self.privacy.strategy != self.strategy:
             self.privacy = self.privacy.model_copy(update={"strategy": self.strategy})
-        if "seed" not in self.privacy.model_fields_set and self.privacy.seed != self.seed:
-            self.privacy = self.privacy.model_copy(update={"seed": self.seed})
+        # The privacy seed is never derived from the run seed: unset, the mechanism draws
+        # come from OS entropy (a server that knew the seed could replay them).
         if "seed" not in self.train.model_fields_set and self.train.seed != self.seed:
             self.train = self.train.model_copy(update={"seed": self.seed})
         if self.server.kind == "replay" and self.strategy != "none" and self.needs_server:

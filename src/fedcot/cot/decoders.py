@@ -25,7 +25,7 @@ from fedcot.data.tasks import COT_ANSWER_PREFIX, Example
 from fedcot.errors import ConfigError
 from fedcot.models.backends.base import Backend, GenerationParams
 from fedcot.privacy.perturb import Perturbation
-from fedcot.privacy.units import apply_case, case_pattern, split_units
+from fedcot.privacy.units import apply_case, case_pattern
 
 __all__ = [
     "DECODERS",
@@ -78,33 +78,44 @@ class Decoder(Protocol):
 
 
 def inverse_map(text: str, perturbation: Perturbation) -> str:
-    """Replace every stand-in unit in ``text`` by the original it stood for.
+    """Replace every stand-in in ``text`` by the original it stood for, in one pass.
 
-    Words match case-insensitively and take the casing of their occurrence in ``text``;
-    numbers and punctuation match exactly. A stand-in that two originals share maps back to
-    the first one (the client cannot tell them apart either).
+    Stand-ins are whole entities (FedCoT-A: "Anna Berg", "+31 6 …"), the parts of a
+    surrogate name ("Berg" alone → "Brennan"), and single words and numbers (the unit-level
+    strategies). Longer stand-ins win; words match case-insensitively on word boundaries and
+    take the casing of their occurrence; numbers match exactly. A stand-in that two
+    originals share maps back to the first one (the client cannot tell them apart either).
     """
     words: dict[str, str] = {}
     exact: dict[str, str] = {}
     for d in perturbation.units:
-        if d.output == d.original:
+        if d.output == d.original or not d.output.strip():
             continue
-        if d.kind == "word":
-            words.setdefault(d.output.lower(), d.original)
-        elif d.kind == "number":
+        if d.kind == "number" or d.output.replace(",", "").replace(".", "").isdigit():
             exact.setdefault(d.output, d.original)
-    pieces = []
-    for u in split_units(text):
-        stem, suffix = u.text, ""
-        if u.kind == "word" and u.text.lower() not in words and u.text[-2:] in ("'s", "’s"):
-            stem, suffix = u.text[:-2], u.text[-2:]  # possessive of a stand-in: "Olga's"
-        if u.kind == "word" and stem.lower() in words:
-            pieces.append(apply_case(words[stem.lower()], case_pattern(stem)) + suffix)
-        elif u.kind == "number" and u.text in exact:
-            pieces.append(exact[u.text])
-        else:
-            pieces.append(u.text)
-    return "".join(pieces)
+        elif d.kind != "punct":
+            words.setdefault(d.output.casefold(), d.original)
+    if not words and not exact:
+        return text
+    alternatives = [re.escape(w) for w in sorted(words, key=len, reverse=True)]
+    numbers = [re.escape(n) for n in sorted(exact, key=len, reverse=True)]
+    parts = []
+    if alternatives:
+        parts.append(r"(?P<w>(?<![\w])(?:" + "|".join(alternatives) + r")(?![\w]))")
+    if numbers:
+        parts.append(r"(?P<n>(?<![\d.,])(?:" + "|".join(numbers) + r")(?![\d]|[.,]\d))")
+    pattern = re.compile("|".join(parts), re.I)
+
+    def back(m: re.Match[str]) -> str:
+        if m.group("n") if numbers else None:
+            return exact.get(m.group(), m.group())
+        found = m.group()
+        original = words[found.casefold()]
+        if " " in original or not original.isalpha():
+            return original  # a whole entity comes back as it was written
+        return apply_case(original, case_pattern(found))
+
+    return pattern.sub(back, text)
 
 
 class IdentityDecoder:

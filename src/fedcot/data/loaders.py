@@ -668,16 +668,21 @@ def load_dataset(
     )
 
 
-def read_text_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+def read_text_rows(
+    path: str | Path, keep_blank: bool = False
+) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """(1-based line number, row) for each non-blank line of a ``.txt`` file (the line) or a
     JSONL file (the parsed object). Bad JSON or a non-object is a :class:`DataError` that
-    names the file and line."""
+    names the file and line. With ``keep_blank``, a blank line of a ``.txt`` file is
+    yielded as ``""`` (so a caller can report it)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"input file not found: {p}", hint="check the path")
     with p.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
+                if keep_blank and p.suffix.lower() == ".txt" and line.strip("\n"):
+                    yield lineno, ""
                 continue
             if p.suffix.lower() == ".txt":
                 yield lineno, line.rstrip("\n")

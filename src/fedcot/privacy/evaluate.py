@@ -35,6 +35,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -223,6 +224,13 @@ def _load_file(
             texts.append(row)
             spans.append([])
             continue
+        if "marked" in row:  # inline marks: {{kind:value}}
+            from fedcot.privacy.annotated import parse_marked
+
+            marked, found = parse_marked(str(row["marked"]))
+            row = {"text": marked, "spans": [
+                {"start": a, "end": b, "kind": k, "text": marked[a:b]} for a, b, k in found
+            ]}  # fmt: skip
         text = row.get("text", row.get("question"))
         if not isinstance(text, str) or not text.strip():
             raise DataError(
@@ -271,6 +279,7 @@ class _Corpus:
     spans: list[list[dict[str, Any]]] | None
     n_private: list[int]  # private units per text
     where: list[tuple[int, int]]  # attacked unit → (text, private-unit position)
+    starts: list[int]  # attacked unit → its offset in its text
     original: list[str]
     kind: list[str]
     sensitive: np.ndarray
@@ -280,7 +289,7 @@ class _Corpus:
         from fedcot.privacy.sensitivity import SensitivityDetector
 
         detector = SensitivityDetector()
-        n_private, where, original, kind, sensitive = [], [], [], [], []
+        n_private, where, original, kind, sensitive, starts = [], [], [], [], [], []
         for t, text in enumerate(texts):
             units = split_units(text)
             flags = detector.detect(text, units)
@@ -294,6 +303,7 @@ class _Corpus:
                 if u.kind in _ATTACKED:
                     in_span = any(u.start < e and s < u.end for s, e in ranges)
                     where.append((t, p))
+                    starts.append(u.start)
                     original.append(u.text)
                     kind.append(u.kind)
                     sensitive.append(flag is not None or in_span)
@@ -304,6 +314,7 @@ class _Corpus:
             [list(s) for s in spans] if spans is not None else None,
             n_private,
             where,
+            starts,
             original,
             kind,
             np.array(sensitive, dtype=bool),
@@ -378,6 +389,7 @@ def privacy_grid(
 
         encoder = get_encoder()
 
+    texts, spans = normalise_corpus(texts, spans)
     corpus = _Corpus.build(texts, spans)
     words = [o for o, k in zip(corpus.original, corpus.kind) if k == "word"]
     numbers = list(dict.fromkeys(o for o, k in zip(corpus.original, corpus.kind) if k == "number"))
@@ -436,18 +448,22 @@ def _cell(
         top_k=top_k,
         seed=seed,
     )
-    perturber = Perturber.from_config(cfg, space)
+    with warnings.catch_warnings():  # an experiment: seeded on purpose, and recorded
+        warnings.simplefilter("ignore", UserWarning)
+        perturber = Perturber.from_config(cfg, space)
     texts = corpus.texts
     t0 = time.perf_counter()
     perts = perturber.perturb(texts, [f"t{i}" for i in range(len(texts))])
     perturb_s = time.perf_counter() - t0
-    for p, n in zip(perts, corpus.n_private):
-        if len(p.units) != n:  # pragma: no cover - the Perturber records every private unit
-            raise RuntimeError("perturbation records do not line up with the units")
-    draws = [perts[t].units[i] for t, i in corpus.where]
+    if mechanism == "adaptive":  # entity surrogates: see fedcot.privacy.threats
+        return _unattacked_row(corpus, perts, mechanism, eps, perturber, perturb_s, t_cell,
+                               original_emb, encoder, dataset)  # fmt: skip
+    draws_all = [_record_at(perts[t], corpus.starts[j]) for j, (t, _) in enumerate(corpus.where)]
+    draws = [d for d in draws_all if d is not None]
+    if len(draws) != len(draws_all):  # pragma: no cover - unit-level strategies record all
+        raise RuntimeError("perturbation records do not line up with the units")
     outputs = [d.output for d in draws]
     kinds = corpus.kind
-
     # -- attacks -------------------------------------------------------------------------
     t0 = time.perf_counter()
     is_word = np.array([k == "word" for k in kinds], dtype=bool)
@@ -462,18 +478,15 @@ def _cell(
             nn_guess[j] = g
     # Bayes on the sub-sample, grouped by the mechanism and ε each unit was drawn with
     # (the adaptive strategy routes words its detector flags to their own mechanism).
-    routes = {False: perturber.words, True: getattr(perturber, "sensitive_words", None)}
-    groups: dict[tuple[str, float, bool], list[int]] = defaultdict(list)
+    groups: dict[tuple[str, float], list[int]] = defaultdict(list)
     for j in sample:
-        flagged = routes[True] is not None and bool(draws[j].sensitive)
-        groups[(kinds[j], draws[j].epsilon, flagged)].append(int(j))
+        groups[(kinds[j], draws[j].epsilon)].append(int(j))
     bayes_guess: dict[int, str] = {}
-    for (kind, unit_eps, flagged), idx in sorted(groups.items()):
+    for (kind, unit_eps), idx in sorted(groups.items()):
         outs = [outputs[j] for j in idx]
         if kind == "word":
-            mech = routes[flagged]
-            assert mech is not None
-            guesses = bayes_inversion(mech, outs, unit_eps, hyps, seed=seed)
+            assert perturber.words is not None
+            guesses = bayes_inversion(perturber.words, outs, unit_eps, hyps, seed=seed)
         else:
             guesses = bayes_inversion_numbers(perturber.numbers, outs, unit_eps, numbers)
         bayes_guess.update(zip(idx, guesses))
@@ -485,18 +498,7 @@ def _cell(
     s_sens = sens[sample] if len(sample) else np.zeros(0, bool)
 
     # -- utility -------------------------------------------------------------------------
-    perturbed = [p.text for p in perts]
-    sim = np.einsum("ij,ij->i", original_emb, encoder.encode(perturbed))
-    change = [token_change_rate(o, p) for o, p in zip(texts, perturbed)]
-    verbatim: float | None = None
-    if corpus.spans is not None:
-        from fedcot.privacy.attacks import verbatim_leakage
-
-        leaked = total = 0
-        for o, p, sp in zip(texts, perturbed, corpus.spans):
-            a, b = verbatim_leakage(o, p, sp)
-            leaked, total = leaked + a, total + b
-        verbatim = leaked / total if total else None
+    sim, change, verbatim = _utility(corpus, perts, original_emb, encoder)
     n_private = sum(corpus.n_private)
     return PrivacyRow(
         dataset=dataset,
@@ -512,13 +514,100 @@ def _cell(
         bayes_recovery_sensitive=_rate(b_hit[s_sens]),
         similarity=float(np.mean(sim)),
         token_change_rate=float(np.mean(change)),
-        epsilon_per_prompt=float(perturber.accountant.summary()["per_prompt_mean"]),
+        epsilon_per_prompt=float(perturber.accountant.summary()["ldp_per_prompt_mean"]),
         units_per_second=n_private / perturb_s if perturb_s > 0 else math.inf,
         seconds=time.perf_counter() - t_cell,
         n_attacked=len(sample),
         n_hypotheses=len(hyps),
         perturb_seconds=perturb_s,
         attack_seconds=attack_s,
+    )
+
+
+def normalise_corpus(
+    texts: Sequence[str], spans: Sequence[Sequence[dict]] | None
+) -> tuple[list[str], list[list[dict]] | None]:
+    """Texts as the perturber sees them (normalised), with their spans moved along."""
+    from fedcot.privacy.sensitivity import normalize_with_offsets
+
+    out_t: list[str] = []
+    out_s: list[list[dict]] = []
+    for i, t in enumerate(texts):
+        norm, off = normalize_with_offsets(t)
+        out_t.append(norm)
+        if spans is not None:
+            moved = []
+            for sp in spans[i]:
+                if "start" not in sp:
+                    moved.append(dict(sp))
+                    continue
+                a, b = off[int(sp["start"])], off[int(sp["end"])]
+                moved.append({**sp, "start": a, "end": b, "text": norm[a:b]})
+            out_s.append(moved)
+    return out_t, (out_s if spans is not None else None)
+
+
+def _record_at(p: Any, start: int) -> Any:
+    """The record of perturbation ``p`` that covers source offset ``start``."""
+    for d in p.units:
+        if d.start <= start < d.end:
+            return d
+    return None
+
+
+def _utility(
+    corpus: _Corpus, perts: Sequence[Any], original_emb: np.ndarray, encoder: SentenceEncoder
+) -> tuple[np.ndarray, list[float], float | None]:
+    """Similarity, token change rate and verbatim leakage of annotated spans."""
+    texts = corpus.texts
+    perturbed = [p.text for p in perts]
+    sim = np.einsum("ij,ij->i", original_emb, encoder.encode(perturbed))
+    change = [token_change_rate(o, p) for o, p in zip(texts, perturbed)]
+    verbatim: float | None = None
+    if corpus.spans is not None:
+        from fedcot.privacy.attacks import verbatim_leakage
+
+        leaked = total = 0
+        for o, p, sp in zip(texts, perturbed, corpus.spans):
+            a, b = verbatim_leakage(o, p, sp)
+            leaked, total = leaked + a, total + b
+        verbatim = leaked / total if total else None
+    return sim, change, verbatim
+
+
+def _unattacked_row(
+    corpus: _Corpus,
+    perts: Sequence[Any],
+    mechanism: str,
+    eps: float,
+    perturber: Any,
+    perturb_s: float,
+    t_cell: float,
+    original_emb: np.ndarray,
+    encoder: SentenceEncoder,
+    dataset: str,
+) -> PrivacyRow:
+    """A row without the per-unit attacks (FedCoT-A: they are run per entity elsewhere)."""
+    sim, change, verbatim = _utility(corpus, perts, original_emb, encoder)
+    n_private = sum(corpus.n_private)
+    return PrivacyRow(
+        dataset=dataset,
+        mechanism=mechanism,
+        epsilon=eps,
+        n_texts=len(corpus.texts),
+        n_units=len(corpus.original),
+        n_sensitive_units=int(corpus.sensitive.sum()),
+        verbatim_spans=verbatim,
+        nn_recovery_all=None,
+        nn_recovery_sensitive=None,
+        bayes_recovery_all=None,
+        bayes_recovery_sensitive=None,
+        similarity=float(np.mean(sim)),
+        token_change_rate=float(np.mean(change)),
+        epsilon_per_prompt=float(perturber.accountant.summary()["ldp_per_prompt_mean"]),
+        units_per_second=n_private / perturb_s if perturb_s > 0 else math.inf,
+        seconds=time.perf_counter() - t_cell,
+        perturb_seconds=perturb_s,
     )
 
 

@@ -455,3 +455,63 @@ class PunctuationMechanism(Mechanism):
     def distribution(self, text: str, eps: float) -> tuple[list[str], np.ndarray]:
         eps_v = float(check_epsilon(eps)[0])
         return list(self.symbols), log_softmax(self._logits(text, eps_v))
+
+
+# -- numbers with metric DP (FedCoT-A) ---------------------------------------------------
+
+NumberKind = str  # "age" | "year" | "percent" | "amount" | "count"
+
+#: Per kind: the public output grid, and the distance d(x, y) in "steps" of the metric.
+#: Linear kinds measure in tens (ε per 10 years, 10 points); amounts and counts in
+#: decades of magnitude (ε per factor of 10).
+NUMBER_KINDS: tuple[str, ...] = ("age", "year", "percent", "amount", "count")
+METRIC_UNITS: dict[str, str] = {
+    "age": "10 years",
+    "year": "10 years",
+    "percent": "10 points",
+    "amount": "a factor of 10",
+    "count": "a factor of 10",
+}
+
+
+def _number_grid(kind: str) -> np.ndarray:
+    if kind == "age":
+        return np.arange(0, 111, dtype=np.float64)
+    if kind == "year":
+        return np.arange(1900, 2101, dtype=np.float64)
+    if kind == "percent":
+        return np.arange(0, 101, dtype=np.float64)
+    return default_number_grid()
+
+
+class MagnitudeMechanism:
+    """Metric DP for numbers: P(y | x) ∝ exp(−ε · d(x, y) / 2) on a public grid per kind.
+
+    d is |x − y| / 10 for ages, years and percentages and |log10(1+x) − log10(1+y)| for
+    amounts and counts, so for any two inputs P(y|x) / P(y|x') ≤ exp(ε · d(x, x')): an
+    attacker learns the magnitude only up to the noise (ε per 10 years, per factor of 10).
+    The output keeps the kind and the shape (decimals, separators); decimal digits are
+    uniform. Sampling is by inverse CDF with one uniform per draw.
+    """
+
+    name = "magnitude"
+
+    def __init__(self) -> None:
+        self.grids = {k: _number_grid(k) for k in NUMBER_KINDS}
+
+    @staticmethod
+    def distance(kind: str, x: float, grid: np.ndarray) -> np.ndarray:
+        if kind in ("amount", "count"):
+            return np.abs(np.log10(1.0 + max(x, 0.0)) - np.log10(1.0 + grid))
+        return np.abs(x - grid) / 10.0
+
+    def log_probs(self, kind: str, value: float, eps: float) -> np.ndarray:
+        """Exact log P(y | x = value) over ``self.grids[kind]``."""
+        eps_v = float(check_epsilon(eps)[0])
+        grid = self.grids[kind]
+        return log_softmax(-eps_v * self.distance(kind, value, grid) / 2.0)
+
+    def sample(self, kind: str, value: float, eps: float, u: float) -> float:
+        """The grid value drawn for ``value`` with uniform ``u`` in [0, 1)."""
+        p = np.exp(self.log_probs(kind, value, eps))
+        return float(self.grids[kind][_invert(np.cumsum(p), u)])
