@@ -101,9 +101,10 @@ def threat_section(sets: dict[str, list], targets: int, contextual: int | None) 
         backend = make_backend("transformers", "gemma3-270m", batch_size=8)
     rows = []
     lines = [
-        "| data | strategy | randomness | targets | chance | sensitive words / numbers as "
-        "they were | NN | Bayes | seed replay | contextual | non-sensitive words kept | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| data | strategy | randomness | targets | chance | missed words / numbers | "
+        "repeated in stand-in / numbers drawn equal | NN | Bayes | seed replay | contextual | "
+        "non-sensitive words kept | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for data, items in sets.items():
         sources = [i.text for i in items]
@@ -121,7 +122,8 @@ def threat_section(sets: dict[str, list], targets: int, contextual: int | None) 
                 ctx = f"{100 * row.contextual:.1f} %" if row.contextual is not None else "–"
                 lines.append(
                     f"| {data} | {name} | {row.seed} | {row.targets} | {100 * row.chance:.1f} % "
-                    f"| {100 * row.verbatim_words:.1f} % / {100 * row.verbatim_numbers:.1f} % "
+                    f"| {100 * row.missed_words:.1f} % / {100 * row.missed_numbers:.1f} % "
+                    f"| {100 * row.repeated_words:.1f} % / {100 * row.same_numbers:.1f} % "
                     f"| {100 * row.nn:.1f} % | {100 * row.bayes:.1f} % "
                     f"| {100 * (row.replay or 0):.1f} % | {ctx} | {100 * row.kept_words:.1f} % "
                     f"| {secs:.0f} |"
@@ -173,10 +175,12 @@ def main() -> None:
         f"Whole run {time.perf_counter() - t0:.0f} s.\n\n"
         "### Detector unit recall (any sensitive type) and type accuracy\n\n" + recall
         + "\n### Attacks against 10-candidate lists (top-1; chance = 1 / list size)\n\n"
-        "Each prompt perturbed alone. *Sensitive words / numbers as they were*: annotated "
-        "units not replaced (detector misses) or repeated inside their stand-in (an "
-        "organisation's kind word such as \"Hospital\", a URL's \"https\", a month name drawn "
-        "again, a number drawn onto itself). Seed replay: the attacker assumes seed 0. "
+        "Each prompt perturbed alone. *Missed*: annotated word / number units that no draw "
+        "replaced (detector misses: they reach the server as written). *Repeated in "
+        "stand-in*: replaced, but the same token is inside the stand-in (an organisation's "
+        "kind word such as \"Hospital\", a URL's \"https\", a month name drawn again); "
+        "*numbers drawn equal*: the mechanism drew the same value. Seed replay: the attacker "
+        "assumes seed 0. "
         "Contextual: Gemma-3-270M scores \"The original … was <candidate>\" for each "
         "candidate, on a sub-sample (OS-entropy runs only).\n\n" + threats
         + "\n### Throughput\n\n" + speed

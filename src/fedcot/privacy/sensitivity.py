@@ -265,6 +265,8 @@ _NOT_NAMES = frozenset(
      "mg", "ml", "kg", "dob", "urgent", "private", "confidential", "note", "notes",
      "patient", "customer", "team", "manager", "doctor", "nurse", "the", "a", "an"}
 )  # fmt: skip
+# A word of the ICD-10-CM titles this rare is clinical jargon, hence a condition by itself.
+_JARGON_ZIPF = 2.5
 _INJURED = frozenset(
     {"fractured", "broken", "sprained", "torn", "dislocated", "ruptured", "herniated"}
 )
@@ -379,21 +381,54 @@ class _WordRules:
         while p < len(w):
             n = self._phrase(low, p) or self._pattern(low, p)
             if n:
-                yield "condition", u[w[p]].start, u[w[p + n - 1]].end
-                p += n
+                a, b = self._extend(ctx, low, p, p + n - 1)
+                yield "condition", u[w[a]].start, u[w[b]].end
+                p = b + 1
                 continue
             word = low[p]
-            if word in self.gaz.conditions or (
-                len(word) > 4 and word.endswith("s") and word[:-1] in self.gaz.conditions
-            ):
+            if self._is_condition(word):
                 s = p
                 # "type 2 diabetes": a preceding "type N" belongs to the condition.
                 if p >= 1 and low[p - 1] == "type" and self._number_between(ctx, p - 1, p):
                     s = p - 1
-                yield "condition", u[w[s]].start, u[w[p]].end
-            elif word in self.gaz.drugs:
+                a, b = self._extend(ctx, low, s, p)
+                yield "condition", u[w[a]].start, u[w[b]].end
+                p = b + 1
+                continue
+            if word in self.gaz.drugs:
                 yield "drug", u[w[p]].start, u[w[p]].end
             p += 1
+
+    def _is_condition(self, word: str) -> bool:
+        conditions = self.gaz.conditions
+        if word in conditions or (len(word) > 4 and word.endswith("s") and word[:-1] in conditions):
+            return True
+        # Clinical jargon of the ICD-10-CM titles ("tendinopathy", "cholecystitis").
+        return word in self.gaz.medical_words and zipf(word) < _JARGON_ZIPF
+
+    def _extend(self, ctx: _Ctx, low: list[str], a: int, b: int) -> tuple[int, int]:
+        """Grow a condition over adjacent medical modifiers ("lumbar disc herniation",
+        "neck of femur", "CKD stage 3"): ICD-10-CM words, "of" between two of them."""
+        med = self.gaz.medical_words
+
+        def joined(i: int, j: int) -> bool:
+            gap = ctx.text[ctx.units[ctx.words[i]].end : ctx.units[ctx.words[j]].start]
+            return gap in (" ", "-") or (gap.strip().isdigit() and len(gap) <= 4)
+
+        for _ in range(3):
+            if a >= 1 and joined(a - 1, a) and (low[a - 1] in med or low[a - 1] in _INJURED):
+                a -= 1
+            if b + 1 < len(low) and joined(b, b + 1) and low[b + 1] in med:
+                b += 1
+            elif (
+                b + 2 < len(low)
+                and low[b + 1] == "of"
+                and low[b + 2] in med
+                and joined(b, b + 1)
+                and joined(b + 1, b + 2)
+            ):
+                b += 2
+        return a, b
 
     @staticmethod
     def _pattern(low: list[str], p: int) -> int:

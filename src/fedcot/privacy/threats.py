@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import random
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -82,8 +82,10 @@ class ThreatRow:
     seed: str
     targets: int
     chance: float
-    verbatim_words: float
-    verbatim_numbers: float
+    missed_words: float
+    missed_numbers: float
+    repeated_words: float
+    same_numbers: float
     nn: float
     bayes: float
     replay: float | None = None
@@ -298,25 +300,32 @@ def _rate(targets: Sequence[Target], guesses: Sequence[str]) -> float:
 
 def _verbatim(
     perts: Sequence[Any], sources: Sequence[str], spans: Sequence[Sequence[tuple[int, int, str]]]
-) -> tuple[float, float]:
-    """Share of annotated word units (and of number units) that reach the server as they
-    were: not replaced at all (a detector miss), or repeated inside what replaced them
-    (an organisation's kind word such as "Hospital", a URL's "https")."""
-    words = nums = w_hit = n_hit = 0
+) -> dict[str, float]:
+    """How annotated units reach the server as they were, as shares of the annotated word
+    (or number) units: ``missed_*``, no record replaced them (a detector miss);
+    ``repeated_words``, replaced, but the same token is inside the stand-in (an
+    organisation's kind word such as "Hospital", a URL's "https", a month name drawn again);
+    ``same_numbers``, replaced by a draw that landed on the same value."""
+    n = Counter()
     for p, src, sp in zip(perts, sources, spans):
         for s, e, _ in sp:
             for u in split_units(src[s:e]):
+                if not ((u.kind == "word" and len(u.text) > 1) or u.kind == "number"):
+                    continue
+                kind = "words" if u.kind == "word" else "numbers"
+                n[kind] += 1
                 a, b = s + u.start, s + u.end
                 rec = [d for d in p.units if d.start < b and a < d.end]
-                out = {v.text.casefold() for d in rec for v in split_units(d.output)}
-                same = not rec or u.text.casefold() in out
-                if u.kind == "word" and len(u.text) > 1:
-                    words += 1
-                    w_hit += same
-                elif u.kind == "number":
-                    nums += 1
-                    n_hit += same
-    return (w_hit / words if words else 0.0), (n_hit / nums if nums else 0.0)
+                if not rec:
+                    n[f"missed_{kind}"] += 1
+                elif u.text.casefold() in {
+                    v.text.casefold() for d in rec for v in split_units(d.output)
+                }:
+                    n["repeated_words" if kind == "words" else "same_numbers"] += 1
+    return {
+        key: n[key] / max(n["words" if "word" in key else "numbers"], 1)
+        for key in ("missed_words", "missed_numbers", "repeated_words", "same_numbers")
+    }
 
 
 def _kept_words(
@@ -373,7 +382,7 @@ def run_threats(
         guesses["replay"] = replay_attack(targets, outs, sources, make_perturber)
     if backend is not None:
         guesses["contextual"] = contextual_attack(targets, outs, [p.text for p in perts], backend)
-    vw, vn = _verbatim(perts, sources, spans)
+    verbatim = _verbatim(perts, sources, spans)
     by_type: dict[str, dict[str, float]] = {}
     for kind in sorted({t.type for t in targets}):
         idx = [i for i, t in enumerate(targets) if t.type == kind]
@@ -389,8 +398,7 @@ def run_threats(
         seed="OS entropy" if seed is None else str(seed),
         targets=len(targets),
         chance=float(np.mean([t.chance for t in targets])) if targets else float("nan"),
-        verbatim_words=vw,
-        verbatim_numbers=vn,
+        **verbatim,
         nn=_rate(targets, guesses["nn"]),
         bayes=_rate(targets, guesses["bayes"]),
         replay=_rate(targets, guesses["replay"]) if replay else None,
@@ -406,7 +414,7 @@ def threat_table(rows: Sequence[ThreatRow]) -> Any:
     from rich.table import Table
 
     table = Table(title="per-value attacks (top-1 against candidate lists)")
-    for col in ("strategy", "ε", "randomness", "targets", "chance", "as they were (w/n)", "NN",
+    for col in ("strategy", "ε", "randomness", "targets", "chance", "missed (w/n)", "NN",
                 "Bayes", "replay", "contextual", "kept words", "units/s"):  # fmt: skip
         table.add_column(col, justify="left" if col in ("strategy", "randomness") else "right")
 
@@ -416,7 +424,7 @@ def threat_table(rows: Sequence[ThreatRow]) -> Any:
     for r in rows:
         table.add_row(
             r.strategy, f"{r.epsilon:g}", r.seed, str(r.targets), pct(r.chance),
-            f"{pct(r.verbatim_words)} / {pct(r.verbatim_numbers)}", pct(r.nn), pct(r.bayes),
+            f"{pct(r.missed_words)} / {pct(r.missed_numbers)}", pct(r.nn), pct(r.bayes),
             pct(r.replay), pct(r.contextual), pct(r.kept_words), f"{r.units_per_second:,.0f}",
         )  # fmt: skip
     return table
