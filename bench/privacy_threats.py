@@ -101,27 +101,29 @@ def threat_section(sets: dict[str, list], targets: int, contextual: int | None) 
         backend = make_backend("transformers", "gemma3-270m", batch_size=8)
     rows = []
     lines = [
-        "| data | strategy | randomness | targets | chance | missed words / numbers | "
+        "| data | strategy | randomness | decoys | targets | chance | missed words / numbers | "
         "repeated in stand-in / numbers drawn equal | NN | Bayes | seed replay | contextual | "
         "non-sensitive words kept | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for data, items in sets.items():
         sources = [i.text for i in items]
         spans = [i.spans for i in items]
         for name, base in bases.items():
-            for seed in (None, 0):
+            for seed, same_layout in ((None, False), (0, False), (None, True)):
                 t0 = time.perf_counter()
                 use_llm = backend if seed is None else None
                 row = run_threats(
                     name, 3.0, sources, spans, base.with_seed, encoder=encoder, seed=seed,
                     max_targets=(contextual if use_llm else targets), backend=use_llm,
+                    same_layout=same_layout,
                 )  # fmt: skip
                 secs = time.perf_counter() - t0
                 rows.append({"data": data, **row.to_dict(), "seconds": secs})
                 ctx = f"{100 * row.contextual:.1f} %" if row.contextual is not None else "–"
                 lines.append(
-                    f"| {data} | {name} | {row.seed} | {row.targets} | {100 * row.chance:.1f} % "
+                    f"| {data} | {name} | {row.seed} | {row.decoys} | {row.targets} "
+                    f"| {100 * row.chance:.1f} % "
                     f"| {100 * row.missed_words:.1f} % / {100 * row.missed_numbers:.1f} % "
                     f"| {100 * row.repeated_words:.1f} % / {100 * row.same_numbers:.1f} % "
                     f"| {100 * row.nn:.1f} % | {100 * row.bayes:.1f} % "
@@ -180,7 +182,11 @@ def main() -> None:
         "stand-in*: replaced, but the same token is inside the stand-in (an organisation's "
         "kind word such as \"Hospital\", a URL's \"https\", a month name drawn again); "
         "*numbers drawn equal*: the mechanism drew the same value. Seed replay: the attacker "
-        "assumes seed 0. "
+        "assumes seed 0. *Decoys*: the nine other candidates share the value's type, or "
+        "its type and layout (its shape of letters, digits and separators, an "
+        "organisation's kind word: what FedCoT-A discloses), so the second kind measures "
+        "what leaks beyond the disclosure; numbers are metric-DP, their decoys only share "
+        "the type. "
         "Contextual: Gemma-3-270M scores \"The original … was <candidate>\" for each "
         "candidate, on a sub-sample (OS-entropy runs only).\n\n" + threats
         + "\n### Throughput\n\n" + speed

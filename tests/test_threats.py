@@ -91,3 +91,15 @@ def test_run_threats_reports_every_attack(space):
     for rate in (row.nn, row.bayes, row.replay):
         assert rate is not None and rate <= 2 / 6 + 0.15
     assert row.by_type["person"]["targets"] == 24
+
+
+def test_layout_decoys_share_the_disclosed_shape():
+    from fedcot.privacy.threats import layout
+
+    texts = ["call +31 6 7336 1286", "call +44 7 7009 0012", "call 0113 496 0782"]
+    spans = [[(5, len(t), "phone")] for t in texts]
+    targets = build_targets(texts, spans, candidates=3, same_layout=True)
+    assert len(targets) == 2  # the third phone has no decoy of its layout
+    for t in targets:
+        assert len({layout("phone", c) for c in t.candidates}) == 1
+    assert layout("org", "St Agatha Hospital")[1].endswith("hospital")

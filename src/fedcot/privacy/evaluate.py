@@ -38,7 +38,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -497,29 +497,19 @@ def _cell(
     sens = corpus.sensitive
     s_sens = sens[sample] if len(sample) else np.zeros(0, bool)
 
-    # -- utility -------------------------------------------------------------------------
-    sim, change, verbatim = _utility(corpus, perts, original_emb, encoder)
-    n_private = sum(corpus.n_private)
-    return PrivacyRow(
-        dataset=dataset,
-        mechanism=mechanism,
-        epsilon=eps,
-        n_texts=len(texts),
+    row = _unattacked_row(
+        corpus, perts, mechanism, eps, perturber, perturb_s, t_cell, original_emb, encoder, dataset
+    )
+    return replace(
+        row,
         n_units=len(draws),
-        n_sensitive_units=int(sens.sum()),
-        verbatim_spans=verbatim,
         nn_recovery_all=_rate(nn_hit),
         nn_recovery_sensitive=_rate(nn_hit[sens]),
         bayes_recovery_all=_rate(b_hit),
         bayes_recovery_sensitive=_rate(b_hit[s_sens]),
-        similarity=float(np.mean(sim)),
-        token_change_rate=float(np.mean(change)),
-        epsilon_per_prompt=float(perturber.accountant.summary()["ldp_per_prompt_mean"]),
-        units_per_second=n_private / perturb_s if perturb_s > 0 else math.inf,
         seconds=time.perf_counter() - t_cell,
         n_attacked=len(sample),
         n_hypotheses=len(hyps),
-        perturb_seconds=perturb_s,
         attack_seconds=attack_s,
     )
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -80,6 +81,7 @@ class ThreatRow:
     strategy: str
     epsilon: float
     seed: str
+    decoys: str
     targets: int
     chance: float
     missed_words: float
@@ -98,27 +100,48 @@ class ThreatRow:
         return asdict(self)
 
 
+def layout(kind: str, value: str) -> tuple[str, str]:
+    """What FedCoT-A discloses about a value besides its type: the shape of its span
+    (letters → a/A, digits → 9, word count and separators kept), and an organisation's kind
+    word. Decoys of the same layout measure what leaks *beyond* that disclosure."""
+    shape = re.sub(r"[^\W\d_]+", lambda m: "A" if m.group()[:1].isupper() else "a", value)
+    shape = re.sub(r"\d", "9", shape)
+    if kind == "org":
+        return kind, shape + " " + value.split()[-1].lower() if value.split() else shape
+    if kind == "number":
+        return kind, ""  # metric DP: the magnitude is what is protected, not hidden
+    return kind, shape
+
+
 def build_targets(
     texts: Sequence[str],
     spans: Sequence[Sequence[tuple[int, int, str]]],
     candidates: int = 10,
     seed: int = 0,
     max_targets: int | None = None,
+    same_layout: bool = False,
 ) -> list[Target]:
-    """Candidate lists: each span's original plus same-type values from other spans."""
+    """Candidate lists: each span's original plus values of the same type from other spans
+    (with ``same_layout``, of the same :func:`layout` too; a value with no such decoy is
+    left out)."""
     rng = random.Random(seed)
-    pools: dict[str, list[str]] = defaultdict(list)
+    pools: dict[Any, list[str]] = defaultdict(list)
+
+    def key(k: str, v: str) -> Any:
+        return layout(k, v) if same_layout else k
+
     for t, sp in zip(texts, spans):
         for s, e, k in sp:
-            if k in THREAT_TYPES and t[s:e].casefold() not in {v.casefold() for v in pools[k]}:
-                pools[k].append(t[s:e])
+            pool = pools[key(k, t[s:e])]
+            if k in THREAT_TYPES and t[s:e].casefold() not in {v.casefold() for v in pool}:
+                pool.append(t[s:e])
     out = []
     for i, (t, sp) in enumerate(zip(texts, spans)):
         for s, e, k in sp:
             if k not in THREAT_TYPES:
                 continue
             original = t[s:e]
-            others = [v for v in pools[k] if v.casefold() != original.casefold()]
+            others = [v for v in pools[key(k, original)] if v.casefold() != original.casefold()]
             if not others:
                 continue
             picked = rng.sample(others, min(candidates - 1, len(others)))
@@ -357,6 +380,7 @@ def run_threats(
     replay: bool = True,
     backend: Any = None,
     target_seed: int = 0,
+    same_layout: bool = False,
 ) -> ThreatRow:
     """Perturb ``sources`` (normalised texts) one prompt per call and run every attack.
 
@@ -371,7 +395,7 @@ def run_threats(
         perts = [make_perturber(seed).perturb([s], [f"t{i}"])[0] for i, s in enumerate(sources)]
         secs = time.perf_counter() - t0
     n_units = sum(sum(u.private for u in split_units(s)) for s in sources)
-    targets = build_targets(sources, spans, candidates, target_seed, max_targets)
+    targets = build_targets(sources, spans, candidates, target_seed, max_targets, same_layout)
     outs = [observed(perts[t.text_index], t) for t in targets]
     probe = make_perturber(0)
     guesses: dict[str, list[str]] = {
@@ -396,6 +420,7 @@ def run_threats(
         strategy=strategy,
         epsilon=epsilon,
         seed="OS entropy" if seed is None else str(seed),
+        decoys="same layout" if same_layout else "same type",
         targets=len(targets),
         chance=float(np.mean([t.chance for t in targets])) if targets else float("nan"),
         **verbatim,
