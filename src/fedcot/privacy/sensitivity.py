@@ -180,7 +180,8 @@ _NOT_ID_PREFIX = frozenset(
      "AUD", "CAD", "NZD", "ZAR", "TRY", "BRL", "MXN", "RON", "BGN", "ISK", "AED", "SGD",
      "HKD", "CNY", "KRW", "MG", "ML", "KG", "KM", "CM", "MM", "BPM", "AM", "PM", "NO",
      "NR", "A", "I", "BMI", "BP", "HR", "DOB", "AGE", "AGED", "VAT", "TAX", "Q", "UK",
-     "US", "EU"}
+     "US", "EU", "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "SEPT",
+     "OCT", "NOV", "DEC", "MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"}
 )  # fmt: skip
 _SSN_RE = re.compile(r"(?<![\w\-])\d{3}-\d{2}-\d{4}(?![\w\-])")
 _UK_POSTCODE_RE = re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2}\b")
@@ -245,8 +246,33 @@ _ORG_WORDS = frozenset(
      "shop", "market", "supermarket", "gym", "club", "church", "nhs", "gp", "dental",
      "clinics", "fisk", "transport", "transportes", "express", "post", "mobile",
      "broadband", "software", "technologies", "tech", "electric", "pharma", "hospice",
-     "home", "homes", "realty", "estates", "law", "legal", "chambers", "llp"}
+     "home", "homes", "realty", "estates", "law", "legal", "chambers", "llp", "banque",
+     "banco", "banca", "sparkasse", "kasse", "krankenkasse", "versicherung", "klinik",
+     "klinikum", "clinica", "clínica", "hôpital", "ospedale", "universidad", "université",
+     "universität", "universita", "università", "schule", "escuela", "école", "ecole",
+     "stiftung", "verein", "fondation", "fundación", "ou", "oü", "sarl", "sas", "kg",
+     "kft", "zrt", "sp", "spółka", "ltda", "pty", "bhd", "pte", "kk", "trading",
+     "airline", "charity", "society", "association"}
 )  # fmt: skip
+# Organisation words that name a place one goes to ("apollo hospital"), and the small words
+# inside organisation and place names.
+_ORG_PLACES = frozenset(
+    {
+        "hospital",
+        "clinic",
+        "surgery",
+        "pharmacy",
+        "school",
+        "college",
+        "university",
+        "bank",
+        "hotel",
+        "academy",
+    }
+)
+_CONNECTORS = frozenset({"of", "de", "del", "du", "des", "der", "am", "&", "für", "for"})
+_STREET_SUFFIXES = ("straße", "strasse", "gade", "straat", "gatan", "vej", "weg", "gasse",
+                    "allee", "platz", "laan", "vägen", "veien")  # fmt: skip
 _STREET_WORDS = frozenset(
     {"street", "st", "road", "rd", "avenue", "ave", "lane", "ln", "boulevard", "blvd",
      "drive", "dr", "way", "place", "pl", "square", "sq", "court", "ct", "close",
@@ -591,6 +617,9 @@ class _WordRules:
         u, w = ctx.units, ctx.words
         for k, i in enumerate(w):
             word = _norm(u[i].text)
+            if u[i].text[:1].isupper() and word.endswith(_STREET_SUFFIXES) and len(word) > 6:
+                yield "place", u[i].start, u[i].end  # "Kaiserstraße", "Jægersborggade"
+                continue
             if word not in _STREET_WORDS or not u[i].text[:1].isupper():
                 continue
             if word in _STREET_PREFIX and k + 1 < len(w):  # "Rue Saint-Denis", "Via Roma"
@@ -614,18 +643,36 @@ class _WordRules:
                 yield "place", u[w[start]].start, u[i].end
 
     def orgs(self, ctx: _Ctx) -> Iterator[tuple[str, int, int]]:
-        """A capitalised run that ends in (or starts with) an organisation word."""
+        """A capitalised run around an organisation word, through connectors ("Bank of
+        Ireland", "Banque de France"); in lower case, a rare word before a place-like
+        organisation word ("apollo hospital")."""
         u, w = ctx.units, ctx.words
-        caps = [u[i].text[:1].isupper() and _norm(u[i].text) not in _NOT_NAMES for i in w]
-        for k, i in enumerate(w):
-            if _norm(u[i].text) not in _ORG_WORDS or not caps[k]:
+        low = [_norm(u[i].text) for i in w]
+        caps = [u[i].text[:1].isupper() and low[k] not in _NOT_NAMES for k, i in enumerate(w)]
+        for k in range(len(w)):
+            if low[k] not in _ORG_WORDS:
                 continue
-            start = k
+            if not caps[k]:
+                if (
+                    low[k] in _ORG_PLACES
+                    and k >= 1
+                    and self._adjacent(ctx, k - 1, k)
+                    and (zipf(low[k - 1]) < _CAPS_MAX_ZIPF)
+                ):
+                    yield "org", u[w[k - 1]].start, u[w[k]].end
+                continue
+            start, end = k, k
             while start >= 1 and caps[start - 1] and self._adjacent(ctx, start - 1, start):
                 start -= 1
-            end = k
-            while end + 1 < len(w) and caps[end + 1] and self._adjacent(ctx, end, end + 1):
-                end += 1
+            while True:
+                if end + 1 < len(w) and caps[end + 1] and self._adjacent(ctx, end, end + 1):
+                    end += 1
+                elif (end + 2 < len(w) and low[end + 1] in _CONNECTORS and caps[end + 2]
+                      and self._adjacent(ctx, end, end + 1)
+                      and self._adjacent(ctx, end + 1, end + 2)):  # fmt: skip
+                    end += 2
+                else:
+                    break
             if end > start:
                 yield "org", u[w[start]].start, u[w[end]].end
 
