@@ -96,10 +96,11 @@ def test_adaptive_output_and_an_explicit_seed_warns(tmp_path):
     res = runner.invoke(app, ["perturb", "-i", str(src)], env=ENV)
     assert res.exit_code == 0, res.output
     row = json.loads((tmp_path / "in.perturbed.jsonl").read_text())
-    assert "Brennan" not in row["text"] and "asthma" not in row["text"] and "has" in row["text"]
+    assert "Brennan" not in row["text"] and "has" in row["text"]
     ledger = json.loads((tmp_path / "in.perturbed.ledger.json").read_text())
     assert ledger["summary"]["randomness"] == "OS entropy"
-    assert ledger["prompts"]["a"]["disclosed"]["person"] == 1
+    disclosed = ledger["prompts"]["a"]["disclosed"]
+    assert disclosed["person"] == 1 and disclosed["condition"] == 1  # asthma replaced
     res = runner.invoke(app, ["perturb", "-i", str(src), "--seed", "0"], env=ENV)
     assert res.exit_code == 0 and "replay" in res.output, res.output
     ledger = json.loads((tmp_path / "in.perturbed.ledger.json").read_text())

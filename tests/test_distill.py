@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import re
@@ -208,21 +209,25 @@ def test_spy_server_receives_no_sensitive_unit(tmp_path, tiny_dir, strategy):
         rows = (Path(cfg.output_dir) / "client_private" / "perturbations.jsonl").read_text()
         for i, line in enumerate(rows.splitlines()):
             for u in json.loads(line)["units"]:
-                if u["output"] != u["original"] and u["kind"] != "name-part":
-                    # An entity's stand-in is several units ("3 September 1994", "x@y.com").
+                # Every draw counts, also one that landed on its own value (with OS entropy a
+                # number or a month name is sometimes drawn again); an entity's stand-in is
+                # several units ("3 September 1994", "x@y.com").
+                if u["kind"] != "name-part":
                     for v in split_units(u["output"]):
                         draws[i][v.text] += v.kind in ("word", "number")
     for i, prompt in zip(sent_ids, prompts):
         block = example_block(prompt)
         seen = Counter(u.text for u in split_units(block) if u.kind in ("word", "number"))
-        # A sensitive unit may appear only where the mechanism drew that very string as the
-        # stand-in of a *different* unit (e.g. "27" → "750" next to a phone with "750").
+        # A sensitive unit may appear only where a draw produced that very string (for a
+        # different unit, e.g. "27" → "750" next to a phone with "750", or onto itself).
         leaked = sorted(w for w in sensitive_units(private[i]) if seen[w] > draws[i][w])
         assert leaked == [], (private[i].id, leaked)
     received = "\n".join(example_block(p) for p in spy.received[len(spy.received) - len(prompts) :])
+    months = set(calendar.month_name)  # "in December": a surrogate date may say it too
     for r in private:
         for sp in r.meta["spans"]:
-            if len(sp["text"]) >= 6:  # shorter ones (ages, small amounts) recur by chance
+            # Shorter spans (ages, small amounts) and bare month names recur by chance.
+            if len(sp["text"]) >= 6 and sp["text"] not in months:
                 assert not re.search(rf"(?<!\w){re.escape(sp['text'])}(?!\w)", received), sp
 
 

@@ -96,7 +96,8 @@ def test_seeded_and_batched_equals_reproducible(space):
 
 
 def test_adaptive_keeps_other_words_and_bills_only_metric_numbers(space):
-    p = Perturber(None, strategy="adaptive", epsilon=1.0, detector=CapitalsAreEntities())
+    # Seeded so that no surrogate lands on its original by chance ("Alice" is a Faker name).
+    p = Perturber(None, strategy="adaptive", epsilon=1.0, detector=CapitalsAreEntities(), seed=11)
     r = p.perturb([TEXT], ids=["r1"])[0]
     # Non-sensitive words and punctuation reach the server unchanged; entities do not.
     for kept in ("paid", "rent", "and", "tax."):
