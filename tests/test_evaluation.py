@@ -110,3 +110,36 @@ def test_likelihood_refuses_open_answers_and_errors():
         evaluate(NoScore(), get_task("multiple-choice"), CQA, method="likelihood")
     with pytest.raises(ConfigError, match="no chat template"):
         evaluate(Scripted({}, chat=False), math, ex, chat=True)
+
+
+class Truncating(Scripted):
+    """Every output hits the token cap."""
+
+    def generate(self, prompts, params=None):
+        return [Completion(c.text, "length", 3, 2) for c in super().generate(prompts, params)]
+
+
+def test_truncated_outputs_without_an_answer_are_unparsed():
+    task = get_task("multiple-choice")
+    be = Truncating(
+        {
+            "beavers": "The answer is (b). Then the next question",  # answered, then cut
+            "drink": "Not sand, not rock, so it could be water or sand",  # cut mid-thought
+            "fruit": "apple",
+        }
+    )
+    res = evaluate(be, task, CQA, progress=False)
+    assert [p.prediction for p in res.predictions] == ["wooded area", None, None]
+    assert res.truncated == 3 and res.unparsed == 2 and res.correct == 1
+
+
+def test_cot_gets_a_cot_budget_unless_one_is_given():
+    from fedcot.config import EvalConfig
+    from fedcot.data.tasks import COT_MAX_NEW_TOKENS
+
+    assert EvalConfig().generation.max_new_tokens == 32
+    assert EvalConfig(cot=True).generation.max_new_tokens == COT_MAX_NEW_TOKENS
+    given = EvalConfig(cot=True, generation={"max_new_tokens": 64})
+    assert given.generation.max_new_tokens == 64
+    only_temp = EvalConfig(cot=True, generation={"temperature": 0.5})
+    assert only_temp.generation.max_new_tokens == COT_MAX_NEW_TOKENS

@@ -442,3 +442,15 @@ def test_errors(tmp_path):
             progress=False,
         )
     assert "q_proj" in str(err.value.hint)
+
+
+def test_eval_loss_is_the_loss_of_the_kinds_present():
+    import torch
+
+    from fedcot.train.multitask import eval_mean
+
+    weights = [0.3, 0.7]  # label, rationale (alpha = 0.7)
+    label_only = eval_mean(torch.tensor(0.3 * 2.0), {0: torch.tensor(2.0)}, weights)
+    assert float(label_only) == pytest.approx(2.0)  # not (1 - alpha) × 2.0
+    both = eval_mean(torch.tensor(0.3 * 2.0 + 0.7 * 1.0), {0: 2.0, 1: 1.0}, weights)
+    assert float(both) == pytest.approx(0.3 * 2.0 + 0.7 * 1.0)

@@ -238,6 +238,12 @@ def _fewshot_pool(data: str, task: Any, split: str) -> list[Any]:
 
 def _print_result(result: Any) -> None:
     out.print(result.table())
+    if result.truncated:
+        err.print(
+            f"[yellow]warning: {result.truncated} of {result.n} generation(s) hit the "
+            "max_new_tokens cap; those without a stated answer count as unparsed "
+            "(raise --max-new-tokens)[/]"
+        )
 
 
 # -- demo ----------------------------------------------------------------------------------

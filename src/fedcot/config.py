@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedcot.data.tasks import COT_MAX_NEW_TOKENS
 from fedcot.errors import ConfigError
 from fedcot.models.backends.base import GenerationParams
 from fedcot.privacy.perturb import PerturbConfig
@@ -94,6 +95,19 @@ class EvalConfig(_Strict):
     )
     output: Path | None = Field(None, description="per-example predictions (JSONL)")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _cot_budget(self) -> EvalConfig:
+        """A chain of thought needs room: without an explicit max_new_tokens, --cot gets
+        the CoT budget instead of the 32 tokens of a bare answer."""
+        explicit = "generation" in self.model_fields_set and (
+            "max_new_tokens" in self.generation.model_fields_set
+        )
+        if self.cot and not explicit:
+            self.generation = self.generation.model_copy(
+                update={"max_new_tokens": COT_MAX_NEW_TOKENS}
+            )
+        return self
 
 
 class DemoConfig(_Strict):

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from rich.table import Table
 
-from fedcot.data.tasks import Example, Task
+from fedcot.data.tasks import COT_MAX_NEW_TOKENS, Example, Task, has_answer_marker
 from fedcot.errors import ConfigError
 from fedcot.models.backends.base import Backend, GenerationParams
 from fedcot.progress import progress_bar
@@ -58,6 +58,7 @@ class EvalResult:
     ci_low: float
     ci_high: float
     seconds: float
+    truncated: int = 0  # generations that hit max_new_tokens (counted as unparsed)
     predictions: list[Prediction] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict[str, Any]:
@@ -115,7 +116,7 @@ def evaluate(
         raise ConfigError(
             f"{backend.model_name} has no chat template", hint="drop --chat (plain prompts)"
         )
-    params = params or GenerationParams(max_new_tokens=256 if cot else 32)
+    params = params or GenerationParams(max_new_tokens=COT_MAX_NEW_TOKENS if cot else 32)
     if not cot and not use_chat:
         # Plain completion: stop where the task's answer block ends.
         params = params.model_copy(update={"stop": tuple(params.stop) + tuple(task.stop)})
@@ -141,6 +142,7 @@ def evaluate(
         ci_low=lo,
         ci_high=hi,
         seconds=round(seconds, 2),
+        truncated=sum(p.finish_reason == "length" for p in preds),
         predictions=preds,
     )
 
@@ -165,7 +167,7 @@ def _by_generation(
         completions = backend.generate(prompts, params)
     out = []
     for ex, c in zip(examples, completions):
-        pred = task.extract_answer(c.text, ex)
+        pred = _answer_of(task, c.text, c.finish_reason, ex)
         out.append(
             Prediction(
                 id=ex.id,
@@ -177,6 +179,15 @@ def _by_generation(
             )
         )
     return out
+
+
+def _answer_of(task: Task, text: str, finish_reason: str | None, ex: Example) -> str | None:
+    """The parsed answer; a generation cut at max_new_tokens counts only if it already
+    stated its answer ("So the answer is …"): otherwise the parser would take whatever
+    choice the unfinished reasoning mentioned last."""
+    if finish_reason == "length" and not has_answer_marker(text):
+        return None
+    return task.extract_answer(text, ex)
 
 
 def _by_likelihood(

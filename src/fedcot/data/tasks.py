@@ -42,6 +42,8 @@ NLI_LABELS_2WAY: tuple[str, ...] = ("entailment", "not_entailment")
 
 #: The phrase that ends every chain-of-thought target ("... So the answer is <answer>.").
 COT_ANSWER_PREFIX = "So the answer is"
+#: The generation budget of chain-of-thought evaluation (``fedcot eval --cot``).
+COT_MAX_NEW_TOKENS = 256
 
 
 # --------------------------------------------------------------------------------------

@@ -338,6 +338,14 @@ def _weighted_loss(
     return loss, per_kind, outputs
 
 
+def eval_mean(loss: Any, per_kind: Mapping[int, Any], weights: Any) -> Any:
+    """The evaluation loss: the weighted sum over the kinds present in the batch divided by
+    their weights, so a label-only evaluation set reports the label loss itself rather
+    than (1 − α) times it; with every kind present it equals the training objective."""
+    present = sum(float(weights[k]) for k in per_kind)
+    return loss / present if present > 0 else loss
+
+
 # --------------------------------------------------------------------------------------
 # transformers subclasses (built on first access: importing transformers takes seconds)
 # --------------------------------------------------------------------------------------
@@ -394,6 +402,8 @@ def _hf_classes() -> tuple[Any, Any]:
             loss, per_kind, outputs = _weighted_loss(
                 model, inputs, self.kind_weights, self._use_logits_to_keep
             )
+            if not model.training:
+                loss = eval_mean(loss, per_kind, self.kind_weights)
             sums = self._kind_sums["train" if model.training else "eval"]
             for k, v in per_kind.items():
                 acc = sums.setdefault(k, [0.0, 0])
