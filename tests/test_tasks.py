@@ -361,3 +361,16 @@ def test_multiple_choice_text_answer_style():
     assert get_task("esnli", answer_style="text").kind == "nli"
     with pytest.raises(ConfigError):
         MultipleChoiceTask("x", answer_style="emoji")
+
+
+def test_choice_text_matches_up_to_articles_and_case():
+    task = get_task("multiple-choice")
+    ex = Example(
+        "m1",
+        "Why wait after eating?",
+        "the mind needs time to digest",
+        ["the mind needs time to digest", "a stomach ache", "energy"],
+    )
+    said = "So the answer is Mind needs time to digest."
+    assert task.extract_answer(said, ex) == "the mind needs time to digest"
+    assert task.extract_answer("So the answer is the  Stomach ache.", ex) == "a stomach ache"

@@ -462,6 +462,7 @@ class Task(abc.ABC):
 # --------------------------------------------------------------------------------------
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
+_ARTICLE = re.compile(r"^(?:the|an?)\s+")
 
 
 class MultipleChoiceTask(Task):
@@ -585,14 +586,17 @@ class MultipleChoiceTask(Task):
         return out
 
     def _choice_text(self, clause: str, ex: Example) -> str | None:
-        """The longest choice whose text occurs in ``clause`` (case-insensitive, plurals)."""
-        low = clause.lower()
+        """The longest choice whose text occurs in ``clause`` (case-insensitive, plurals,
+        a leading article optional: "mind needs time" matches "the mind needs time")."""
+        low = " ".join(clause.lower().split())
         best: tuple[int, int, str] | None = None  # (-length, position, choice)
         for c in ex.choices:
-            cl = c.strip().lower()
-            if not cl:
+            cl = " ".join(c.strip().lower().split())
+            core = _ARTICLE.sub("", cl)
+            if not core:
                 continue
-            m = re.search(r"(?<!\w)" + re.escape(cl) + r"(?:s|es)?(?!\w)", low)
+            pattern = r"(?<!\w)(?:(?:the|an?)\s+)?" + re.escape(core) + r"(?:s|es)?(?!\w)"
+            m = re.search(pattern, low)
             if m:
                 key = (-len(cl), m.start(), c)
                 if best is None or key < best:
