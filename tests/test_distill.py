@@ -349,3 +349,65 @@ def test_replay_teacher_with_filter_drops_disagreeing_rationales(tmp_path, tiny_
     ]
     assert [r["kept"] for r in kept] == [True, False, True, True, False, True]
     assert kept[0]["rationale"] == "Item 0 is usually kept there."
+
+
+class ArithmeticServer(Backend):
+    """A scripted teacher: adds the numbers of the question it receives, step by step
+    (right on 4 of every 5 prompts, off by one on the fifth)."""
+
+    model_name = "scripted-adder"
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+
+    def generate(self, prompts, params=None):
+        from fedcot.models.backends.base import Completion
+
+        out = []
+        for prompt in prompts:
+            question = example_block(prompt)
+            self.received.append(question)
+            a, b = (int(n) for n in re.findall(r"\d+", question)[:2])
+            wrong = len(self.received) % 5 == 0
+            total = a + b + (1 if wrong else 0)
+            text = f"She has {a} and gets {b} more: {a} + {b} = {total}. So the answer is {total}."
+            out.append(Completion(text, "stop", 0, len(text.split())))
+        return out
+
+
+def test_rationale_stage_counts_fidelity_and_redoes_arithmetic(tmp_path):
+    """stage = rationales on numbers hidden by the metric mechanism: the scripted server
+    computes on stand-ins, the decoder redoes its steps on the real numbers, and the run
+    reports the share that reaches the gold answer, without loading a student."""
+    rows = [
+        Example(f"s{i}", f"Mia has {20 + i} shells and finds {7 + 2 * i} more. How many now?",
+                str(27 + 3 * i))
+        for i in range(10)
+    ]
+    data = write_jsonl(rows, tmp_path / "svamp.jsonl")
+    cfg = DistillConfig.model_validate(
+        {
+            "task": "svamp",
+            "data": str(data),
+            "train_limit": 10,
+            "test_limit": 2,
+            "strategy": "adaptive",
+            "stage": "rationales",
+            "student": {"model": "no-such-model-is-loaded"},
+            "output_dir": str(tmp_path / "run"),
+        }
+    )
+    server = ArithmeticServer()
+    res = run_distill(cfg, server=server, progress=False)
+    assert res.after is None and res.before is None and "load_student" not in res.timings
+    sent_numbers = [int(n) for q in server.received for n in re.findall(r"\d+", q)]
+    real = {20 + i for i in range(10)} | {7 + 2 * i for i in range(10)}
+    assert sum(n not in real for n in sent_numbers) >= 10  # the server saw stand-ins
+    assert res.rationales["requested"] == 10
+    assert res.rationales["agree_with_gold"] == 8  # the two wrong sums stay wrong
+    assert res.rationales["fidelity"] == pytest.approx(0.8)
+    decoded = [
+        json.loads(x)
+        for x in (Path(res.run_dir) / "client_private/rationales.jsonl").read_text().splitlines()
+    ]
+    assert decoded[0]["rationale"] == "She has 20 and gets 7 more: 20 + 7 = 27."

@@ -31,14 +31,14 @@ from fedcot.cot.decoders import DecodeItem, make_decoder, split_conclusion
 from fedcot.cot.templates import fewshot_examples, server_prompt
 from fedcot.data.tasks import Example, Task, get_task
 from fedcot.errors import ConfigError
-from fedcot.evaluation import EvalResult, evaluate
+from fedcot.evaluation import evaluate
 from fedcot.models.backends.base import Backend
 from fedcot.privacy.accountant import PrivacyAccountant
 from fedcot.privacy.perturb import Perturbation, Perturber, UnitDraw
 from fedcot.progress import progress_bar
 from fedcot.runs import check_run_config, package_versions, write_json
 
-__all__ = ["DistillResult", "RunFolder", "load_examples", "run_distill"]
+__all__ = ["DistillResult", "RunFolder", "fidelity_summary", "load_examples", "run_distill"]
 
 _UNAVAILABLE = "[unavailable]"  # what the encoder-decoder returns when it cannot encode
 
@@ -284,35 +284,122 @@ def run_distill(
 ) -> DistillResult:
     """Run the FedCoT client pipeline as ``cfg`` says (see the module docstring).
 
-    ``server`` overrides ``cfg.server`` (tests pass a spy; benchmarks share one model).
+    ``server`` overrides ``cfg.server`` (tests pass a spy; benchmarks share one model). With
+    ``cfg.stage == "rationales"`` the run stops after decoding (no student training): what
+    it reports is the rationale fidelity of the teacher and strategy.
     """
-    console = console or Console(quiet=not progress)
-    run = RunFolder(cfg.output_dir)
-    run.open(cfg, resume=resume)
-    state = run.load_state()
-    started = state.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds")
-    state["started"] = started
-    run.save_state(state)
-    timings: dict[str, float] = dict(state.get("timings", {}))
-
-    task = get_task(cfg.task, answer_style=cfg.answer_style)
-    t0 = time.perf_counter()
-    recorded, test = load_examples(cfg, task)
+    ctx = _Context.open(cfg, resume, console or Console(quiet=not progress), progress)
+    recorded, test = ctx.timed("load_data", lambda: load_examples(cfg, ctx.task))
     train = [_without_rationale(ex) for ex in recorded]  # the client's data has no rationales
     if not train or not test:
         raise ConfigError("no training or test examples", hint="check data and the *_limit fields")
-    timings["load_data"] = round(time.perf_counter() - t0, 2)
-    console.rule(f"[bold]fedcot distill[/] · {cfg.task} · strategy {cfg.strategy}")
-    console.print(f"{len(train)} private training examples, {len(test)} test examples")
+    ctx.console.rule(f"[bold]fedcot distill[/] · {cfg.task} · strategy {cfg.strategy}")
+    ctx.console.print(f"{len(train)} private training examples, {len(test)} test examples")
+    manifest = _manifest(cfg, ctx.started, len(train), len(test))
+    write_json(ctx.run.manifest, manifest)
 
-    manifest: dict[str, Any] = {
+    before = None
+    if cfg.eval_before and cfg.stage == "all":
+        before = _evaluate_stage(ctx, ctx.student(), test, "before")
+    got = _Rationales(train, {"requested": 0}, {"strategy": cfg.strategy}, {})
+    if cfg.needs_server:
+        got = _rationale_stage(ctx, recorded, train, server)
+    train_info: dict[str, Any] = {}
+    after = None
+    if cfg.stage == "all":
+        trained, train_info = _train_stage(ctx, got.examples, test)
+        after = _evaluate_stage(ctx, trained, test, "after")
+    out = DistillResult(
+        before=before,
+        after=after,
+        rationales=got.info,
+        privacy=got.privacy,
+        timings=ctx.timings,
+        server=got.server,
+        train=train_info,
+        run_dir=str(ctx.run.path),
+    )
+    write_json(ctx.run.metrics, out.to_dict())
+    if cfg.stage == "all":
+        _plots(ctx.run, train_info.pop("log_history"), before, after)
+    ctx.finish(manifest, got)
+    return out
+
+
+@dataclass
+class _Context:
+    """What every stage of one run needs: config, run folder, task, console, timings."""
+
+    cfg: DistillConfig
+    run: RunFolder
+    task: Task
+    console: Console
+    progress: bool
+    resume: bool
+    state: dict[str, Any]
+    timings: dict[str, float]
+    _student: Backend | None = None
+
+    @classmethod
+    def open(cls, cfg: DistillConfig, resume: bool, console: Console, progress: bool) -> _Context:
+        run = RunFolder(cfg.output_dir)
+        run.open(cfg, resume=resume)
+        state = run.load_state()
+        state.setdefault("started", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        run.save_state(state)
+        task = get_task(cfg.task, answer_style=cfg.answer_style)
+        timings = dict(state.get("timings", {}))
+        return cls(cfg, run, task, console, progress, resume, state, timings)
+
+    @property
+    def started(self) -> str:
+        return str(self.state["started"])
+
+    def timed(self, name: str, fn: Any) -> Any:
+        t0 = time.perf_counter()
+        value = fn()
+        self.timings[name] = round(time.perf_counter() - t0, 2)
+        return value
+
+    def student(self) -> Backend:
+        """The client's model, loaded on first use (a rationales-only run may not need it)."""
+        if self._student is None:
+            self._student = self.timed("load_student", self.cfg.student.build)
+        return self._student
+
+    def finish(self, manifest: dict[str, Any], got: _Rationales) -> None:
+        manifest.update(
+            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            stage=self.cfg.stage,
+            privacy=got.privacy,
+            timings=self.timings,
+            rationales=got.info,
+        )
+        write_json(self.run.manifest, manifest)
+        self.state["timings"] = self.timings
+        self.state["finished"] = manifest["finished"]
+        self.run.save_state(self.state)
+
+
+@dataclass
+class _Rationales:
+    """The training examples (with decoded rationales) and what the stage measured."""
+
+    examples: list[Example]
+    info: dict[str, Any]
+    privacy: dict[str, Any]
+    server: dict[str, Any]
+
+
+def _manifest(cfg: DistillConfig, started: str, n_train: int, n_test: int) -> dict[str, Any]:
+    return {
         "fedcot_run": "distill",
         "started": started,
         "versions": package_versions(),
         "seeds": {"run": cfg.seed, "privacy": cfg.privacy.seed, "train": cfg.train.seed},
         "privacy_randomness": "OS entropy" if cfg.privacy.seed is None else "seeded (replayable)",
         "task": cfg.task,
-        "data": {"source": cfg.data, "train": len(train), "test": len(test)},
+        "data": {"source": cfg.data, "train": n_train, "test": n_test},
         "student": cfg.student.model,
         "server": {"kind": cfg.server.kind, "model": cfg.server.model, "url": cfg.server.base_url}
         if cfg.needs_server
@@ -321,243 +408,264 @@ def run_distill(
         "strategy": cfg.strategy,
         "decoder": cfg.decoder_name,
     }
-    write_json(run.manifest, manifest)
 
-    # -- the client's model -------------------------------------------------------------
-    t0 = time.perf_counter()
-    student = cfg.student.build()
-    chat = student.supports_chat
-    timings["load_student"] = round(time.perf_counter() - t0, 2)
-    method = _eval_method(cfg, task, test[0])
 
-    def _evaluate(backend: Backend, name: str) -> EvalResult:
-        res = evaluate(
-            backend,
-            task,
-            test,
-            method=method,  # type: ignore[arg-type]
-            params=cfg.eval_generation,
-            chat=chat,
-            progress=progress,
-        )
-        res.write_predictions(run.path / "eval" / f"{name}_predictions.jsonl")
-        write_json(run.path / "eval" / f"{name}.json", res.summary())
-        return res
+def _evaluate_stage(ctx: _Context, backend: Backend, test: list[Example], name: str) -> Any:
+    """Score ``backend`` on the test examples (reloaded when a resumed run already did)."""
+    done = ctx.run.path / "eval" / f"{name}.json"
+    if name == "before" and ctx.resume and done.exists():
+        summary = json.loads(done.read_text())
+    else:
 
-    before: dict[str, Any] | None = None
-    if cfg.eval_before:
-        done = run.path / "eval" / "before.json"
-        if resume and done.exists():
-            before = json.loads(done.read_text())
-        else:
-            t0 = time.perf_counter()
-            before = _evaluate(student, "before").summary()
-            timings["eval_before"] = round(time.perf_counter() - t0, 2)
-        console.print(f"before training: {100 * before['accuracy']:.1f} % ({method})")
+        def score() -> dict[str, Any]:
+            res = evaluate(
+                backend,
+                ctx.task,
+                test,
+                method=_eval_method(ctx.cfg, ctx.task, test[0]),  # type: ignore[arg-type]
+                params=ctx.cfg.eval_generation,
+                chat=ctx.student().supports_chat,
+                progress=ctx.progress,
+            )
+            res.write_predictions(ctx.run.path / "eval" / f"{name}_predictions.jsonl")
+            write_json(done, res.summary())
+            return res.summary()
 
-    # -- rationales (skipped for label-only training) -----------------------------------
-    rationale_info: dict[str, Any] = {"requested": 0}
+        summary = ctx.timed(f"eval_{name}", score)
+    method = _eval_method(ctx.cfg, ctx.task, test[0])
+    ctx.console.print(f"{name} training: {100 * summary['accuracy']:.1f} % ({method})")
+    return summary
+
+
+def _rationale_stage(
+    ctx: _Context, recorded: list[Example], train: list[Example], server: Backend | None
+) -> _Rationales:
+    """Perturb → ask the server → decode: the training examples with their rationales."""
+    cfg, task = ctx.cfg, ctx.task
+    srv = server or build_server(cfg, task, recorded)
+    asker = _Asker(ctx, srv)
+    originals = [task.input_text(ex) for ex in train]
     privacy_info: dict[str, Any] = {"strategy": cfg.strategy}
-    server_info: dict[str, Any] = {}
-    training_examples = train
-    encdec = None
-    if cfg.needs_server:
-        srv = server or build_server(cfg, task, recorded)
-        server_info["model"] = srv.model_name
-        cache = RationaleCache(run.cache)
-        if cache.skipped_lines:
-            console.print(f"[yellow]cache: dropped {cache.skipped_lines} torn line(s)[/]")
-        shots = fewshot_examples(task, cfg.fewshot)
-        originals = [task.input_text(ex) for ex in train]
-        stats = AskStats()
-        params = cfg.generation
+    perturbations, sent, encdec = ctx.timed(
+        "perturb", lambda: _perturb_stage(ctx, train, originals, asker, privacy_info)
+    )
+    answers = ctx.timed("generate", lambda: _ask_stage(asker, sent))
+    decoder = make_decoder(
+        cfg.decoder_name,
+        student=ctx.student() if cfg.decoder_name == "icl" else None,
+        encoder_decoder=encdec,
+    )
+    items = [
+        DecodeItem(ex, o, s, a, p)
+        for ex, o, s, a, p in zip(train, originals, sent, answers, perturbations)
+    ]
+    examples, info = ctx.timed("decode", lambda: _decode_stage(ctx, decoder, items))
+    if server is None:
+        srv.close()
+    return _Rationales(examples, info, privacy_info, {"model": srv.model_name, **asker.info()})
+
+
+class _Asker:
+    """Sends example texts to the server inside the public few-shot template (cached)."""
+
+    def __init__(self, ctx: _Context, srv: Backend) -> None:
+        self.ctx, self.srv = ctx, srv
+        self.cache = RationaleCache(ctx.run.cache)
+        if self.cache.skipped_lines:
+            ctx.console.print(f"[yellow]cache: dropped {self.cache.skipped_lines} torn line(s)[/]")
+        self.shots = fewshot_examples(ctx.task, ctx.cfg.fewshot)
+        self.stats = AskStats()
+        params = ctx.cfg.generation
         if not srv.supports_chat:
             # A plain few-shot prompt: the answer ends where the next example would begin.
-            params = params.model_copy(update={"stop": (*params.stop, *task.stop)})
+            params = params.model_copy(update={"stop": (*params.stop, *ctx.task.stop)})
+        self.params = params
 
-        def ask_texts(texts: Sequence[str], label: str) -> list[str]:
-            prompts = [server_prompt(task, t, chat=srv.supports_chat, shots=shots) for t in texts]
-            with progress_bar(len(prompts), label, enabled=progress) as advance:
-                answers = ask_cached(
-                    srv,
-                    prompts,
-                    params,
-                    cache,
-                    batch_size=cfg.server.batch_size,
-                    progress=advance,
-                    stats=stats,
-                )
-            return [a.text for a in answers]
+    def __call__(self, texts: Sequence[str], label: str) -> list[str]:
+        chat = self.srv.supports_chat
+        prompts = [server_prompt(self.ctx.task, t, chat=chat, shots=self.shots) for t in texts]
+        with progress_bar(len(prompts), label, enabled=self.ctx.progress) as advance:
+            answers = ask_cached(
+                self.srv,
+                prompts,
+                self.params,
+                self.cache,
+                batch_size=self.ctx.cfg.server.batch_size,
+                progress=advance,
+                stats=self.stats,
+            )
+        return [a.text for a in answers]
 
-        # 1. Perturb.
-        t0 = time.perf_counter()
-        perturbations: list[Perturbation | None]
-        if cfg.strategy == "encoder-decoder":
-            encdec, sent = _encoder_decoder(cfg, task, student, run, ask_texts, originals, resume)
-            perturbations = [None] * len(train)
-            privacy_info["guarantee"] = "none (learned encoder; see docs/fedcot.md)"
-            privacy_info["encoder"] = encdec.stats_dict()
-        elif resume and run.perturbations.exists():
-            perturbations = [_perturbation_from_row(r) for r in _read_jsonl(run.perturbations)]
-            fields = [field_text(task, ex) for ex in train]
-            if [p.original for p in perturbations] != fields:  # type: ignore[union-attr]
-                raise ConfigError(
-                    f"{run.perturbations} does not match the training data",
-                    hint="the data changed since the run started; use a new output_dir",
-                )
-            sent = _to_send(cfg, task, train, originals, perturbations)
-        else:
-            perturber = Perturber.from_config(cfg.privacy)
-            fields = [field_text(task, ex) for ex in train]
-            perturbations = list(perturber.perturb(fields, [ex.id for ex in train]))
-            sent = _to_send(cfg, task, train, originals, perturbations)
-            _write_jsonl(run.perturbations, [_perturbation_row(p) for p in perturbations])  # type: ignore[arg-type]
-            if cfg.strategy != "none":
-                perturber.accountant.save(run.ledger)
-        if run.ledger.exists():
-            privacy_info["ledger"] = PrivacyAccountant.load(run.ledger).summary()
-        if cfg.strategy == "none":
-            privacy_info["epsilon"] = None
-            privacy_info["guarantee"] = "none (non-private baseline)"
-        elif cfg.strategy == "exponential":
-            privacy_info["epsilon_per_unit"] = cfg.privacy.eps_sensitive
-        elif cfg.strategy == "adaptive":
-            privacy_info["number_epsilon"] = cfg.privacy.eps_sensitive
-            privacy_info["base"] = cfg.privacy.base
-        privacy_info["randomness"] = (
-            "OS entropy"
-            if cfg.privacy.seed is None
-            else f"seed {cfg.privacy.seed}: reproducible — not for private data"
-        )
-        timings["perturb"] = round(time.perf_counter() - t0, 2)
-
-        # 2. Ask the server (cached). Examples the encoder could not encode are not sent.
-        t0 = time.perf_counter()
-        usable = [i for i, t in enumerate(sent) if t != _UNAVAILABLE]
-        got = ask_texts([sent[i] for i in usable], "server rationales")
-        answers = [""] * len(sent)
-        for i, a in zip(usable, got):
-            answers[i] = a
-        timings["generate"] = round(time.perf_counter() - t0, 2)
-        server_info.update(
-            asked=stats.asked,
-            cached=stats.cached,
-            server_seconds=round(stats.seconds, 2),
-            completion_tokens=stats.completion_tokens,
-            tokens_per_second=round(stats.completion_tokens / stats.seconds, 2)
-            if stats.seconds > 0
+    def info(self) -> dict[str, Any]:
+        st = self.stats
+        return {
+            "asked": st.asked,
+            "cached": st.cached,
+            "server_seconds": round(st.seconds, 2),
+            "completion_tokens": st.completion_tokens,
+            "tokens_per_second": round(st.completion_tokens / st.seconds, 2)
+            if st.seconds > 0
             else None,
-        )
-
-        # 3. Decode (+ optional filter).
-        t0 = time.perf_counter()
-        decoder = make_decoder(cfg.decoder_name, student=student, encoder_decoder=encdec)
-        items = [
-            DecodeItem(ex, o, s, a, p)
-            for ex, o, s, a, p in zip(train, originals, sent, answers, perturbations)
-        ]
-        decoded = decoder.decode(items)
-        rows, training_examples = [], []
-        kept = agree = 0
-        for ex, text in zip(train, decoded):
-            body, conclusion = split_conclusion(text)
-            server_answer = task.extract_answer(conclusion or text, ex)
-            ok = task.is_correct(server_answer, ex)
-            agree += ok
-            keep = bool(body) and (ok or not cfg.filter)
-            kept += keep
-            rows.append(
-                {
-                    "id": ex.id,
-                    "rationale": body,
-                    "server_answer": server_answer,
-                    "agrees": ok,
-                    "kept": keep,
-                }
-            )
-            training_examples.append(
-                Example(**{**ex.to_dict(), "rationale": body if keep else None})
-            )
-        _write_jsonl(run.rationales, rows)
-        timings["decode"] = round(time.perf_counter() - t0, 2)
-        rationale_info = {
-            "requested": len(train),
-            "agree_with_gold": agree,
-            "kept": kept,
-            "dropped": len(train) - kept,
-            "filter": cfg.filter,
         }
-        console.print(
-            f"rationales: {len(train)} asked, {agree} reach the gold answer, {kept} kept"
-            + (" (filter on)" if cfg.filter else "")
-        )
-        if server is None:
-            srv.close()
 
-    # -- train -------------------------------------------------------------------------
+
+def _perturb_stage(
+    ctx: _Context,
+    train: list[Example],
+    originals: list[str],
+    asker: _Asker,
+    privacy_info: dict[str, Any],
+) -> tuple[list[Perturbation | None], list[str], Any]:
+    """The perturbations (reloaded on resume), the texts to send, and the encoder-decoder."""
+    cfg, task, run = ctx.cfg, ctx.task, ctx.run
+    if cfg.strategy == "encoder-decoder":
+        encdec, sent = _encoder_decoder(cfg, task, ctx.student(), run, asker, originals, ctx.resume)
+        privacy_info["guarantee"] = "none (learned encoder; see docs/fedcot.md)"
+        privacy_info["encoder"] = encdec.stats_dict()
+        return [None] * len(train), sent, encdec
+    fields = [field_text(task, ex) for ex in train]
+    if ctx.resume and run.perturbations.exists():
+        perturbations = [_perturbation_from_row(r) for r in _read_jsonl(run.perturbations)]
+        if [p.original for p in perturbations] != fields:
+            raise ConfigError(
+                f"{run.perturbations} does not match the training data",
+                hint="the data changed since the run started; use a new output_dir",
+            )
+    else:
+        perturber = Perturber.from_config(cfg.privacy)
+        perturbations = list(perturber.perturb(fields, [ex.id for ex in train]))
+        _write_jsonl(run.perturbations, [_perturbation_row(p) for p in perturbations])
+        if cfg.strategy != "none":
+            perturber.accountant.save(run.ledger)
+    privacy_info.update(_privacy_summary(cfg, run))
+    sent = _to_send(cfg, task, train, originals, perturbations)  # type: ignore[arg-type]
+    return list(perturbations), sent, None
+
+
+def _privacy_summary(cfg: DistillConfig, run: RunFolder) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    if run.ledger.exists():
+        info["ledger"] = PrivacyAccountant.load(run.ledger).summary()
+    if cfg.strategy == "none":
+        info.update(epsilon=None, guarantee="none (non-private baseline)")
+    elif cfg.strategy == "exponential":
+        info["epsilon_per_unit"] = cfg.privacy.eps_sensitive
+    elif cfg.strategy == "adaptive":
+        info.update(number_epsilon=cfg.privacy.eps_sensitive, base=cfg.privacy.base)
+    info["randomness"] = (
+        "OS entropy"
+        if cfg.privacy.seed is None
+        else f"seed {cfg.privacy.seed}: reproducible — not for private data"
+    )
+    return info
+
+
+def _ask_stage(asker: _Asker, sent: list[str]) -> list[str]:
+    """The server's answers (cached); examples the encoder could not encode are not sent."""
+    usable = [i for i, t in enumerate(sent) if t != _UNAVAILABLE]
+    got = asker([sent[i] for i in usable], "server rationales")
+    answers = [""] * len(sent)
+    for i, a in zip(usable, got):
+        answers[i] = a
+    return answers
+
+
+def _decode_stage(
+    ctx: _Context, decoder: Any, items: list[DecodeItem]
+) -> tuple[list[Example], dict[str, Any]]:
+    """Decode, split each conclusion off, and count the rationale fidelity: the share of
+    decoded rationales whose stated answer is the gold one."""
+    cfg, task = ctx.cfg, ctx.task
+    rows, examples = [], []
+    for it, text in zip(items, decoder.decode(items)):
+        body, conclusion = split_conclusion(text)
+        answer = task.extract_answer(conclusion or text, it.example)
+        ok = task.is_correct(answer, it.example)
+        keep = bool(body) and (ok or not cfg.filter)
+        rows.append(
+            {
+                "id": it.example.id,
+                "rationale": body,
+                "server_answer": answer,
+                "agrees": ok,
+                "kept": keep,
+                "sent": it.perturbed_text,
+                "server_rationale": it.rationale,
+            }
+        )
+        examples.append(Example(**{**it.example.to_dict(), "rationale": body if keep else None}))
+    _write_jsonl(ctx.run.rationales, rows)
+    info = fidelity_summary(rows, cfg.filter)
+    ctx.console.print(
+        f"rationale fidelity: {info['agree_with_gold']}/{info['requested']} decoded rationales "
+        f"reach the gold answer ({100 * info['fidelity']:.1f} %, 95 % CI "
+        f"{100 * info['fidelity_ci'][0]:.1f}–{100 * info['fidelity_ci'][1]:.1f} %); "
+        f"{info['unparsed']} state no answer; {info['kept']} kept"
+        + (" (filter on)" if cfg.filter else "")
+    )
+    return examples, info
+
+
+def fidelity_summary(rows: Sequence[dict[str, Any]], filter_on: bool) -> dict[str, Any]:
+    """Counts of a decode stage: fidelity (agreeing / requested) with a Wilson interval."""
+    from fedcot.evaluation import wilson_interval
+
+    n = len(rows)
+    agree = sum(1 for r in rows if r["agrees"])
+    kept = sum(1 for r in rows if r["kept"])
+    return {
+        "requested": n,
+        "agree_with_gold": agree,
+        "fidelity": agree / n if n else 0.0,
+        "fidelity_ci": list(wilson_interval(agree, n)) if n else [0.0, 0.0],
+        "unparsed": sum(1 for r in rows if r["server_answer"] is None),
+        "kept": kept,
+        "dropped": n - kept,
+        "filter": filter_on,
+    }
+
+
+def _train_stage(
+    ctx: _Context, examples: list[Example], test: list[Example]
+) -> tuple[Backend, dict[str, Any]]:
+    """Multi-task LoRA training of the student; returns the trained model as a backend."""
+    from fedcot.models.backends.transformers import TransformersBackend
     from fedcot.train.multitask import multitask_items, train_multitask
 
-    t0 = time.perf_counter()
+    cfg, student = ctx.cfg, ctx.student()
     tokenizer = student.tokenizer  # type: ignore[attr-defined]
-    groups = multitask_items(task, training_examples, tokenizer, chat=chat, alpha=cfg.train.alpha)
-    eval_groups = multitask_items(task, test[:32], tokenizer, chat=chat, alpha=0.0)
-    result = train_multitask(
-        student.model,  # type: ignore[attr-defined]
-        tokenizer,
-        groups,
-        cfg.train,
-        run.train_dir,
-        eval_groups=eval_groups if cfg.train.eval_each_epoch else None,
-        resume=resume,
-        progress=progress,
+    chat = student.supports_chat
+    groups = multitask_items(ctx.task, examples, tokenizer, chat=chat, alpha=cfg.train.alpha)
+    eval_groups = multitask_items(ctx.task, test[:32], tokenizer, chat=chat, alpha=0.0)
+    result = ctx.timed(
+        "train",
+        lambda: train_multitask(
+            student.model,  # type: ignore[attr-defined]
+            tokenizer,
+            groups,
+            cfg.train,
+            ctx.run.train_dir,
+            eval_groups=eval_groups if cfg.train.eval_each_epoch else None,
+            resume=ctx.resume,
+            progress=ctx.progress,
+        ),
     )
-    timings["train"] = round(time.perf_counter() - t0, 2)
-    train_info = {
+    info = {
         "steps": result.steps,
         "seconds": round(result.seconds, 2),
         "resumed_from": result.resumed_from,
         "adapter": str(result.adapter_dir),
         "groups": len(groups),
         "with_rationale": sum(1 for g in groups if any(it.kind == "rationale" for it in g)),
+        "log_history": result.log_history,
     }
-
-    # -- evaluate ----------------------------------------------------------------------
-    from fedcot.models.backends.transformers import TransformersBackend
-
-    t0 = time.perf_counter()
     trained = TransformersBackend(
         result.model,
         tokenizer,
         name=f"{cfg.student.model}+fedcot",
         batch_size=cfg.student.batch_size,
     )
-    after = _evaluate(trained, "after").summary()
-    timings["eval_after"] = round(time.perf_counter() - t0, 2)
-    console.print(f"after training: {100 * after['accuracy']:.1f} % ({method})")
-
-    out = DistillResult(
-        before=before,
-        after=after,
-        rationales=rationale_info,
-        privacy=privacy_info,
-        timings=timings,
-        server=server_info,
-        train=train_info,
-        run_dir=str(run.path),
-    )
-    write_json(run.metrics, out.to_dict())
-    _plots(run, result.log_history, before, after)
-    manifest.update(
-        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        privacy=privacy_info,
-        timings=timings,
-        rationales=rationale_info,
-    )
-    write_json(run.manifest, manifest)
-    state["timings"] = timings
-    state["finished"] = manifest["finished"]
-    run.save_state(state)
-    return out
+    return trained, info
 
 
 def _encoder_decoder(

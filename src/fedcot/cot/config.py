@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from fedcot.config import BackendConfig, _Strict
+from fedcot.config import BackendConfig, DataFields, _Strict, data_fields
 from fedcot.cot.encoder_decoder import EncoderDecoderConfig
 from fedcot.models.backends.base import GenerationParams
 from fedcot.privacy.perturb import PerturbConfig
@@ -27,6 +27,7 @@ class DistillConfig(_Strict):
     data: str = Field(
         "../shared/datasets", description="dataset source, or 'synthetic' (private records)"
     )
+    fields: DataFields = data_fields()
     train_split: str = "train"
     test_split: str = "test"
     train_limit: int | None = Field(64, ge=1, description="private training examples")
@@ -61,6 +62,11 @@ class DistillConfig(_Strict):
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
     encoder_decoder: EncoderDecoderConfig = Field(default_factory=EncoderDecoderConfig)
+    stage: Literal["all", "rationales"] = Field(
+        "all",
+        description="'rationales' stops after decoding (no student): compare teachers and "
+        "strategies by rationale fidelity without training",
+    )
     seed: int = 0
     output_dir: Path = Path("runs/distill")
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal, Protocol
 
+from fedcot.cot.arithmetic import NUMBER_RE, parse_number, reexecute
 from fedcot.data.tasks import COT_ANSWER_PREFIX, Example
 from fedcot.errors import ConfigError
 from fedcot.models.backends.base import Backend, GenerationParams
@@ -77,45 +79,100 @@ class Decoder(Protocol):
     def decode(self, items: Sequence[DecodeItem]) -> list[str]: ...
 
 
-def inverse_map(text: str, perturbation: Perturbation) -> str:
-    """Replace every stand-in in ``text`` by the original it stood for, in one pass.
+def _common_words() -> frozenset[str]:
+    """The language's most frequent words: the server's own words, never decoded alone."""
+    from wordfreq import top_n_list
 
-    Stand-ins are whole entities (FedCoT-A: "Anna Berg", "+31 6 …"), the parts of a
-    surrogate name ("Berg" alone → "Brennan"), and single words and numbers (the unit-level
-    strategies). Longer stand-ins win; words match case-insensitively on word boundaries and
-    take the casing of their occurrence; numbers match exactly. A stand-in that two
-    originals share maps back to the first one (the client cannot tell them apart either).
+    return frozenset(w for w in top_n_list("en", _COMMON_WORDS) if w.isalpha())
+
+
+_COMMON_WORDS = 150
+
+
+def _is_number(text: str) -> bool:
+    return parse_number(text) is not None and NUMBER_RE.fullmatch(text.strip()) is not None
+
+
+def _literal_table(perturbation: Perturbation) -> dict[str, str]:
+    """Stand-in (case-folded) → original, for the stand-ins that can be told from the
+    server's own words.
+
+    A replaced entity (a surrogate name, phone, e-mail …) always decodes; a common word
+    decodes only where it is written exactly as the stand-in was ("May", not "may"). A
+    unit-level word swap decodes unless the stand-in is one of the language's common words or
+    also occurs unchanged in the prompt: "the" stood in for "there" cannot be told from the
+    server's own "the".
     """
-    words: dict[str, str] = {}
-    exact: dict[str, str] = {}
+    common = _common_words()
+    kept = {d.original.casefold() for d in perturbation.units if d.output == d.original}
+    table: dict[str, str] = {}
     for d in perturbation.units:
-        if d.output == d.original or not d.output.strip():
+        out = d.output.strip()
+        if d.output == d.original or not out or d.kind == "punct" or _is_number(out):
             continue
-        if d.kind == "number" or d.output.replace(",", "").replace(".", "").isdigit():
-            exact.setdefault(d.output, d.original)
-        elif d.kind != "punct":
-            words.setdefault(d.output.casefold(), d.original)
-    if not words and not exact:
+        key = out.casefold()
+        if d.sensitive is None and (key in common or key in kept):
+            continue
+        if d.sensitive is not None and key in common:
+            key = out  # matched case-sensitively below
+        table.setdefault(key, d.original)
+    return table
+
+
+def _number_table(perturbation: Perturbation) -> dict[Decimal, Decimal]:
+    """Stand-in value → original value, for numbers a mechanism replaced (first wins)."""
+    table: dict[Decimal, Decimal] = {}
+    for d in perturbation.units:
+        if d.output == d.original or not (_is_number(d.output) and _is_number(d.original)):
+            continue
+        out, orig = parse_number(d.output), parse_number(d.original)
+        assert out is not None and orig is not None
+        table.setdefault(out.value, orig.value)
+    return table
+
+
+def _replace_literals(text: str, table: dict[str, str]) -> str:
+    if not table:
         return text
-    alternatives = [re.escape(w) for w in sorted(words, key=len, reverse=True)]
-    numbers = [re.escape(n) for n in sorted(exact, key=len, reverse=True)]
-    parts = []
-    if alternatives:
-        parts.append(r"(?P<w>(?<![\w])(?:" + "|".join(alternatives) + r")(?![\w]))")
-    if numbers:
-        parts.append(r"(?P<n>(?<![\d.,])(?:" + "|".join(numbers) + r")(?![\d]|[.,]\d))")
-    pattern = re.compile("|".join(parts), re.I)
+    alternatives = "|".join(re.escape(w) for w in sorted(table, key=len, reverse=True))
+    pattern = re.compile(r"(?<![\w])(?:" + alternatives + r")(?![\w])", re.I)
 
     def back(m: re.Match[str]) -> str:
-        if m.group("n") if numbers else None:
-            return exact.get(m.group(), m.group())
         found = m.group()
-        original = words[found.casefold()]
+        original = table.get(found) or table.get(found.casefold())
+        if original is None:  # a common word written in another case: the server's own
+            return found
         if " " in original or not original.isalpha():
             return original  # a whole entity comes back as it was written
         return apply_case(original, case_pattern(found))
 
     return pattern.sub(back, text)
+
+
+def inverse_map(text: str, perturbation: Perturbation) -> str:
+    """The server's rationale about the perturbed prompt, rewritten for the original one.
+
+    1. The concluding "So the answer is" sentence is split off; its marker is never changed.
+    2. Stand-ins that can be told from the server's own words (:func:`_literal_table`) are
+       replaced by their originals, longest first, in one pass, keeping their casing.
+    3. Numbers: stand-in values are mapped back and every arithmetic step that used one is
+       re-executed with the original values (:func:`fedcot.cot.arithmetic.reexecute`), so the
+       results and the stated answer follow.
+    No other word of the server's text changes.
+    """
+    table = _literal_table(perturbation)
+    markers = list(_CONCLUSION_RE.finditer(text))
+    cut = markers[-1] if markers else None
+    body = text[: cut.start()] if cut else text
+    answer = text[cut.end() :] if cut else ""
+    parts = [_replace_literals(body, table), _replace_literals(answer, table)]
+    # The numbers are redone across body and answer together; the marker stays outside.
+    joined = reexecute(parts[0] + _SEPARATOR + parts[1], _number_table(perturbation))
+    new_body, new_answer = joined.split(_SEPARATOR, 1)
+    return new_body + cut.group() + new_answer if cut else new_body
+
+
+_SEPARATOR = "\n\ue000\n"  # private-use: never in a rationale, never a number boundary
 
 
 class IdentityDecoder:

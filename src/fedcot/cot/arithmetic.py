@@ -1,0 +1,155 @@
+"""Re-execute a rationale's arithmetic with the client's real numbers.
+
+The server reasons about stand-in numbers ("Jack has 11 pens … 11 + 4 = 15"). Mapping each
+stand-in back gives "Jack has 8 pens … 8 + 4 = 15": right numbers, wrong results. This module
+rewrites the steps instead: every ``expression = result`` step whose expression uses a
+stand-in (or the result of an earlier rewritten step) is evaluated again with the original
+values (:mod:`simpleeval`, no Python ``eval``), its result is rewritten in the server's
+format, and later mentions of the old result take the new one ("so Jack has 12 pens").
+
+A step is re-executed only when the server's own arithmetic on its own numbers checks out
+(within the rounding it wrote); a step the server got wrong, or one this parser misreads,
+has its numbers mapped back and is otherwise left alone. A step that uses no stand-in is
+never touched.
+
+Numbers are compared by value: "$1,200", "1200" and "1200.0" are the same number.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from simpleeval import SimpleEval
+
+__all__ = ["NumberToken", "parse_number", "reexecute"]
+
+_NUM = r"\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?"
+#: A number token: not inside a word or another number ("A12", "3.5.1", "2nd" are not).
+NUMBER_RE = re.compile(rf"(?<![\w.,$])(?<![A-Za-z]-)(?:{_NUM})(?![\w]|[.,]\d|-[A-Za-z])")
+_OP = r"\s*(?:[-+*/×÷xX]|of)\s*"
+_OPERAND = rf"[(\s]*{_NUM}[)\s]*"
+_STEP_RE = re.compile(
+    rf"(?P<lhs>{_OPERAND}(?:{_OP}{_OPERAND})+?)\s*(?:=|equals)\s*(?P<rhs>{_NUM})"
+    r"(?![\w]|[.,]\d)"
+)
+_EVAL = SimpleEval(functions={}, names={})
+_EXACT = 12  # a mapped-back original keeps all its digits; a computed result gets 2 more
+
+
+@dataclass(frozen=True)
+class NumberToken:
+    """A number as written: its value and its decorations."""
+
+    value: Decimal
+    decimals: int
+    dollar: bool
+    percent: bool
+    commas: bool
+
+    def format(self, value: Decimal, *, cap: int = 2) -> str:
+        """``value`` written the way this token was written: its decimals at least, more
+        when ``value`` needs them (up to ``cap`` places beyond the token's own)."""
+        natural = max(0, -int(value.normalize().as_tuple().exponent))
+        places = max(self.decimals, min(natural, max(cap, self.decimals)))
+        core = f"{value:,.{places}f}" if self.commas else f"{value:.{places}f}"
+        return ("$" if self.dollar else "") + core + ("%" if self.percent else "")
+
+
+def parse_number(text: str) -> NumberToken | None:
+    """``"$1,200.50"`` → NumberToken(1200.50, 2 decimals, dollar, no percent, commas)."""
+    raw = text.strip()
+    dollar, percent = raw.startswith("$"), raw.endswith("%")
+    core = raw.lstrip("$").rstrip("%")
+    try:
+        value = Decimal(core.replace(",", ""))
+    except InvalidOperation:
+        return None
+    decimals = len(core.split(".")[1]) if "." in core else 0
+    return NumberToken(value, decimals, dollar, percent, "," in core)
+
+
+def _python(lhs: str, values: Mapping[Decimal, Decimal] | None) -> str | None:
+    """The expression as Python arithmetic (numbers replaced through ``values``)."""
+    if lhs.count("(") != lhs.count(")"):
+        lhs = lhs.strip().lstrip("(").rstrip(")")
+        if lhs.count("(") != lhs.count(")"):
+            return None
+
+    def number(m: re.Match[str]) -> str:
+        tok = parse_number(m.group())
+        assert tok is not None
+        v = values.get(tok.value, tok.value) if values is not None else tok.value
+        return f"({v:f}/100)" if tok.percent else f"{v:f}"
+
+    expr = NUMBER_RE.sub(number, lhs)
+    expr = re.sub(r"[×xX]", "*", expr).replace("÷", "/")
+    return re.sub(r"\bof\b", "*", expr)
+
+
+def _evaluate(expr: str | None) -> Decimal | None:
+    if expr is None:
+        return None
+    try:
+        out = _EVAL.eval(expr)
+    except Exception:
+        return None
+    if not isinstance(out, (int, float)) or isinstance(out, bool):
+        return None
+    return Decimal(str(round(float(out), 10)))
+
+
+def _agrees(computed: Decimal, written: NumberToken) -> bool:
+    """Whether ``computed`` rounds to what the server wrote."""
+    tolerance = Decimal(5) / Decimal(10) ** (written.decimals + 1)
+    return abs(computed - written.value) <= tolerance + Decimal("1e-9")
+
+
+def _map_numbers(text: str, values: Mapping[Decimal, Decimal]) -> str:
+    def back(m: re.Match[str]) -> str:
+        tok = parse_number(m.group())
+        if tok is None or tok.value not in values:
+            return m.group()
+        return tok.format(values[tok.value], cap=_EXACT)
+
+    return NUMBER_RE.sub(back, text)
+
+
+def _rewrite_step(m: re.Match[str], values: dict[Decimal, Decimal]) -> str:
+    lhs, rhs = m.group("lhs"), m.group("rhs")
+    used = [parse_number(n.group()) for n in NUMBER_RE.finditer(lhs)]
+    if not any(t is not None and t.value in values for t in used):
+        return m.group()  # a step about the client's own (kept) numbers: not ours to touch
+    written = parse_number(rhs)
+    assert written is not None
+    server = _evaluate(_python(lhs, None))
+    scale = Decimal(100) if written.percent and server is not None and server < 1 else 1
+    new_lhs = _map_numbers(lhs, values)
+    if server is None or not _agrees(server * scale, written):
+        return m.group().replace(lhs, new_lhs, 1)
+    redone = _evaluate(_python(lhs, values))
+    if redone is None:
+        return m.group().replace(lhs, new_lhs, 1)
+    redone *= scale
+    values[written.value] = redone
+    head = m.group()[: m.start("rhs") - m.start()].replace(lhs, new_lhs, 1)
+    return head + written.format(redone)
+
+
+def reexecute(text: str, substitutions: Mapping[Decimal, Decimal]) -> str:
+    """``text`` with stand-in numbers mapped back and dependent steps recomputed.
+
+    ``substitutions`` maps each stand-in value to the original value it replaced.
+    """
+    if not substitutions:
+        return text
+    values = dict(substitutions)
+    out, pos = [], 0
+    for m in _STEP_RE.finditer(text):
+        out.append(_map_numbers(text[pos : m.start()], values))
+        out.append(_rewrite_step(m, values))
+        pos = m.end()
+    out.append(_map_numbers(text[pos:], values))
+    return "".join(out)

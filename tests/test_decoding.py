@@ -1,0 +1,97 @@
+"""Decoding the server's rationale: stand-ins only, conclusion intact, arithmetic redone."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedcot.cot.arithmetic import parse_number, reexecute
+from fedcot.cot.decoders import inverse_map
+from fedcot.privacy.perturb import Perturbation, UnitDraw
+
+# A FedCoT-E-style word swap on function words, a content-word swap, an entity surrogate.
+_UNITS = [
+    UnitDraw("there", "the", "word", 3.0),
+    UnitDraw("not", "is", "word", 3.0),
+    UnitDraw("jellyfish", "starfish", "word", 3.0),
+    UnitDraw("Anna", "Olga", "person", 0.0, "person"),
+    UnitDraw("May", "Will", "person", 0.0, "person"),
+    UnitDraw("sea", "sea", "word", 3.0),
+    UnitDraw("coral", "sea", "word", 3.0),  # a stand-in that is also a kept word
+]
+_PERTURBATION = Perturbation("p", "", "", _UNITS, {u.original: u.output for u in _UNITS})
+_DECODED = {"starfish": "jellyfish", "Olga": "Anna", "Will": "May"}
+_SERVER_WORDS = ["the", "is", "So", "answer", "will", "not", "there", "sea", "fish", "(b)", "."]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_SERVER_WORDS + list(_DECODED)), min_size=1, max_size=25))
+def test_decoder_changes_only_stand_ins(words: list[str]) -> None:
+    text = " ".join(words) + " So the answer is (b) the sea."
+    out = inverse_map(text, _PERTURBATION).split(" ")
+    assert len(out) == len(words) + 7
+    for before, after in zip(words, out):
+        assert after == _DECODED.get(before, before)
+    assert out[len(words) :] == ["So", "the", "answer", "is", "(b)", "the", "sea."]
+
+
+def test_conclusion_marker_and_function_words_survive() -> None:
+    text = "The starfish is not a fish. Olga knows. So the answer is (c) the sea."
+    assert inverse_map(text, _PERTURBATION) == (
+        "The jellyfish is not a fish. Anna knows. So the answer is (c) the sea."
+    )
+
+
+def _numbers(pairs: dict[str, str]) -> Perturbation:
+    units = [UnitDraw(o, s, "number", 1.0, "number") for o, s in pairs.items()]
+    return Perturbation("n", "", "", units, dict(pairs))
+
+
+def test_chained_steps_follow_the_original_numbers() -> None:
+    p = _numbers({"8": "11", "3": "3"})
+    text = (
+        "Jack had 11 pens and bought 4 more: 11 + 4 = 15. He gave 3 away: 15 - 3 = 12. "
+        "Twice that is 12 * 2 = 24. So the answer is 24."
+    )
+    assert inverse_map(text, p) == (
+        "Jack had 8 pens and bought 4 more: 8 + 4 = 12. He gave 3 away: 12 - 3 = 9. "
+        "Twice that is 9 * 2 = 18. So the answer is 18."
+    )
+
+
+def test_decimals_money_and_percentages() -> None:
+    p = _numbers({"2.25": "3.5", "1,000.00": "1,200.50", "40": "25"})
+    text = (
+        "Each bag weighs 3.5 kg, so 3.5 × 4 = 14 kg. Tax is 25% of $1,200.50 = $300.13, "
+        "and 12 / 48 * 100 = 25%."
+    )
+    assert inverse_map(text, p) == (
+        "Each bag weighs 2.25 kg, so 2.25 × 4 = 9 kg. Tax is 40% of $1,000.00 = $400.00, "
+        "and 12 / 48 * 100 = 25%."  # no stand-in in this step: left as written
+    )
+
+
+def test_steps_without_a_stand_in_or_with_server_errors_are_left_alone() -> None:
+    p = _numbers({"6": "9"})
+    text = "First 60 / 2 = 30. Then 9 + 1 = 11 (sic). Finally 30 + 9 = 39."
+    assert inverse_map(text, p) == "First 60 / 2 = 30. Then 6 + 1 = 11 (sic). Finally 30 + 6 = 36."
+
+
+def test_parenthesised_and_division_steps() -> None:
+    out = reexecute("(11 + 4) * 2 = 30, and 22 / 11 = 2.", {Decimal(11): Decimal(3)})
+    assert out == "(3 + 4) * 2 = 14, and 22 / 3 = 7.33."
+
+
+def test_numbers_inside_words_and_identifiers_are_not_numbers() -> None:
+    out = reexecute("Room A11 on the 11th floor, code 11-B, 11.", {Decimal(11): Decimal(7)})
+    assert out == "Room A11 on the 11th floor, code 11-B, 7."
+
+
+def test_parse_number_reads_decorations() -> None:
+    tok = parse_number("$1,200.50")
+    assert tok is not None and tok.value == Decimal("1200.50")
+    assert (tok.dollar, tok.percent, tok.commas, tok.decimals) == (True, False, True, 2)
+    assert tok.format(Decimal(7)) == "$7.00"
+    assert parse_number("abc") is None
