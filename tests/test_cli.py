@@ -126,3 +126,55 @@ def test_distill_reports_config_errors_with_a_hint(tmp_path):
     assert "replay" in res.output and "hint" in res.output
     res = runner.invoke(app, ["distill", "--strategy", "magic"])
     assert res.exit_code == 2 and "strategy" in res.output
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())  # rich wraps long lines
+
+
+@pytest.fixture()
+def query_file(tmp_path):
+    p = tmp_path / "q.jsonl"
+    p.write_text(json.dumps({"query": "is it blue", "passage": "It is blue.", "answer": "yes"}))
+    return p
+
+
+def test_field_flag_maps_columns(query_file):
+    base = ["eval", "--model", "no-such-model", "--task", "yes-no", "--data", str(query_file)]
+    res = runner.invoke(app, base)
+    assert res.exit_code == 2 and "missing field 'question'" in res.output
+    assert "--field question=COLUMN" in _flat(res.output)
+    assert '[fields] question = "COLUMN"' in _flat(res.output)  # brackets are not markup
+    res = runner.invoke(app, [*base, "--field", "question=query"])
+    # The data loaded; only the (deliberately) unknown model stops the run.
+    assert res.exit_code == 2 and "unknown model 'no-such-model'" in res.output, res.output
+    res = runner.invoke(app, [*base, "--field", "stem=query"])
+    assert res.exit_code == 2 and "unknown data field 'stem'" in res.output
+    assert "question" in res.output and "passage" in res.output
+    for cmd in ("distill", "mkt"):  # every command that loads task data takes --field
+        res = runner.invoke(app, [cmd, "--field", "stem=query"])
+        assert res.exit_code == 2 and "unknown data field 'stem'" in res.output, cmd
+
+
+def test_config_fields_table(query_file, tmp_path):
+    cfg = tmp_path / "eval.toml"
+    cfg.write_text(
+        f'task = "yes-no"\ndata = "{query_file}"\n[model]\nmodel = "no-such-model"\n'
+        '[fields]\nquestion = "query"\n'
+    )
+    res = runner.invoke(app, ["eval", "-c", str(cfg)])
+    assert res.exit_code == 2 and "unknown model 'no-such-model'" in res.output, res.output
+    cfg.write_text(cfg.read_text() + 'bogus = "x"\n')
+    res = runner.invoke(app, ["eval", "-c", str(cfg)])
+    assert res.exit_code == 2 and "fields" in res.output and "unknown data field" in res.output
+
+
+def test_hints_print_brackets_literally(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real(name, *a)
+    )
+    res = runner.invoke(app, ["eval", "--task", "yes-no", "--data", "hf:some/set"])
+    assert res.exit_code == 2 and "pip install 'fedcot[hf]'" in res.output, res.output

@@ -135,3 +135,17 @@ def test_example_distill_configs_are_valid():
     for path in paths:
         cfg = load_config(DistillConfig, path)
         assert cfg.train.alpha == 0.5
+
+
+def test_eval_and_distill_score_multiple_choice_candidates_alike():
+    """`fedcot eval` and `fedcot distill` score a model on the same candidate strings."""
+    from fedcot.config import EvalConfig
+    from fedcot.cot.config import DistillConfig
+    from fedcot.data.tasks import Example, get_task
+
+    ex = Example("1", "Where?", "a shelf", ["a shelf", "the sea", "a box"])
+    ev, di = EvalConfig(), DistillConfig()
+    assert ev.answer_style == di.answer_style == "text"
+    eval_task = get_task("cqa", answer_style=ev.answer_style)
+    distill_task = get_task(di.task, answer_style=di.answer_style)
+    assert eval_task.candidates(ex) == distill_task.candidates(ex) == ex.choices

@@ -380,8 +380,11 @@ def test_rationale_stage_counts_fidelity_and_redoes_arithmetic(tmp_path):
     computes on stand-ins, the decoder redoes its steps on the real numbers, and the run
     reports the share that reaches the gold answer, without loading a student."""
     rows = [
-        Example(f"s{i}", f"Mia has {20 + i} shells and finds {7 + 2 * i} more. How many now?",
-                str(27 + 3 * i))
+        Example(
+            f"s{i}",
+            f"Mia has {20 + i} shells and finds {7 + 2 * i} more. How many now?",
+            str(27 + 3 * i),
+        )
         for i in range(10)
     ]
     data = write_jsonl(rows, tmp_path / "svamp.jsonl")
@@ -411,3 +414,29 @@ def test_rationale_stage_counts_fidelity_and_redoes_arithmetic(tmp_path):
         for x in (Path(res.run_dir) / "client_private/rationales.jsonl").read_text().splitlines()
     ]
     assert decoded[0]["rationale"] == "She has 20 and gets 7 more: 20 + 7 = 27."
+
+
+def test_distill_reads_columns_named_by_fields(tmp_path):
+    """A file whose question column is 'query' loads through `fields` (no student needed)."""
+    path = tmp_path / "mine.jsonl"
+    rows = [
+        {"query": f"Tom has {3 + i} cards and gets {4} more. How many?", "answer": 7 + i}
+        for i in range(4)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = {
+        "task": "svamp",
+        "data": str(path),
+        "train_limit": 4,
+        "test_limit": 1,
+        "strategy": "none",
+        "stage": "rationales",
+        "output_dir": str(tmp_path / "run"),
+    }
+    with pytest.raises(Exception, match="query"):
+        run_distill(DistillConfig.model_validate(base), server=ArithmeticServer(), progress=False)
+    cfg = DistillConfig.model_validate(
+        {**base, "fields": {"question": "query"}, "output_dir": str(tmp_path / "run2")}
+    )
+    res = run_distill(cfg, server=ArithmeticServer(), progress=False)
+    assert res.rationales["requested"] == 4 and res.rationales["agree_with_gold"] == 4

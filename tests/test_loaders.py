@@ -18,6 +18,7 @@ from fedcot.data import (
     load_jsonl,
     write_jsonl,
 )
+from fedcot.data.loaders import _split_choices, parse_field_flags, read_text_rows
 from fedcot.errors import ConfigError, DataError, MissingDependencyError
 
 # ---- shared DSS folders ------------------------------------------------------------------
@@ -296,3 +297,95 @@ def test_empty_and_missing_files(tmp_path):
         load_jsonl(tmp_path / "absent.jsonl", "math")
     with pytest.raises(ConfigError):
         load_jsonl(tmp_path / "empty.jsonl", "math", limit=-1)
+
+
+# ---- data a user brings: TSV, --field mapping, passages, one-string choices ---------------
+
+
+def test_tsv_file_and_split_folder(tmp_path):
+    p = tmp_path / "mc.tsv"
+    p.write_text("question\tanswer\tchoices\nWhich, is red?\tapple\tapple|sky|sea\n")
+    ex = load_dataset(p, "multiple-choice")[0]
+    assert ex.question == "Which, is red?" and ex.choices == ["apple", "sky", "sea"]
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "test.tsv").write_text("question\tanswer\n2+2?\t4\n3*3?\t9\n")
+    assert [e.label for e in load_dataset(folder, "math", "test")] == ["4", "9"]
+    rows = list(read_text_rows(folder / "test.tsv"))
+    assert rows == [
+        (2, {"question": "2+2?", "answer": "4"}),
+        (3, {"question": "3*3?", "answer": "9"}),
+    ]
+
+
+def test_fields_override_some_columns(tmp_path):
+    p = _jsonl(tmp_path, "q.jsonl", [json.dumps({"query": "2+2?", "gold": "4", "ctx": "Sums."})])
+    with pytest.raises(DataError, match="missing field 'question'") as e:
+        load_dataset(p, "math")
+    assert "--field question=COLUMN" in e.value.hint and "FieldMapping" not in e.value.hint
+    ex = load_dataset(p, "math", mapping={"question": "query", "answer": "gold", "passage": "ctx"})[
+        0
+    ]
+    assert (ex.question, ex.label, ex.premise) == ("2+2?", "4", "Sums.")
+    assert parse_field_flags(["question=query", "context=ctx"]) == {
+        "question": "query",
+        "premise": "ctx",
+    }
+    with pytest.raises(ConfigError, match="unknown data field 'stem'") as e:
+        load_dataset(p, "math", mapping={"stem": "query"})
+    assert "question" in e.value.hint and "passage" in e.value.hint
+    with pytest.raises(ConfigError, match="no '='"):
+        parse_field_flags(["question"])
+
+
+def test_passage_is_kept_and_rendered(tmp_path, caplog):
+    boolq = {"question": "is the sky green", "passage": "The sky is blue by day.", "answer": False}
+    ex = load_dataset(_jsonl(tmp_path, "boolq.jsonl", [json.dumps(boolq)]), "yes-no")[0]
+    assert ex.premise == "The sky is blue by day." and ex.label == "no"
+    text = get_task("yes-no").input_text(ex)
+    assert text == "Passage: The sky is blue by day.\nQuestion: is the sky green"
+    row = {"question": "Pick x", "context": "Some context.", "choices": ["x", "y"], "answer": "x"}
+    mc = load_dataset(_jsonl(tmp_path, "race.jsonl", [json.dumps(row)]), "multiple-choice")[0]
+    assert get_task("multiple-choice").input_text(mc).startswith("Passage: Some context.\n")
+    # A passage under a name nobody guesses: a warning says how to map it.
+    long = "The club meets every Tuesday evening in the old library on the corner of Main Street."
+    odd = _jsonl(
+        tmp_path, "odd.jsonl", [json.dumps({"question": "q?", "background": long, "answer": 1})]
+    )
+    with caplog.at_level(logging.WARNING):
+        ex = load_dataset(odd, "yes-no")[0]
+    assert ex.premise is None and "--field premise=background" in caplog.text
+    assert load_dataset(odd, "yes-no", mapping={"passage": "background"})[0].premise == long
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("(A) foo (B) bar (C) baz (D) qux", ["foo", "bar", "baz", "qux"]),
+        ("A) foo B) bar", ["foo", "bar"]),
+        ("A. a red car B. Plan B. again C. done", ["a red car", "Plan B. again", "done"]),
+        ("(a) New York, (b) Paris; (c) Rome", ["New York", "Paris", "Rome"]),
+        ("x|y", ["x", "y"]),
+        ('["x", "y"]', ["x", "y"]),
+        # not markers: letters inside words and sentences, or a single marker
+        ("A lot of apples. B. ok", ["A lot of apples. B. ok"]),
+        ("Plan A) failed B) too", ["Plan A) failed B) too"]),
+        ("(A) only one", ["(A) only one"]),
+        ("Dr. Smith (B) bar", ["Dr. Smith (B) bar"]),
+    ],
+)
+def test_one_string_choices_are_split_by_their_markers(raw, expected):
+    assert _split_choices(raw) == expected
+
+
+def test_one_string_choices_in_a_csv(tmp_path):
+    p = tmp_path / "mc.csv"
+    p.write_text('question,choices,answer\nPick,"(A) foo (B) bar (C) baz",B\n')
+    ex = load_dataset(p, "multiple-choice")[0]
+    assert ex.choices == ["foo", "bar", "baz"] and ex.label == "bar"
+
+
+def test_missing_split_hint_names_the_split(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_dataset(tmp_path, "math", "valid")
+    assert "valid.jsonl" in e.value.hint and "{split}" not in e.value.hint

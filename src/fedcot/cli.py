@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedcot import __version__
@@ -44,6 +45,21 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config field: --set generation.max_new_tokens=64."),
 ]
+FieldOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--field",
+        help="Read a data field from a column (repeatable): --field question=query. Keys: "
+        "question, label, choices, premise (passage, context), rationale, id.",
+    ),
+]
+
+
+def _field_values(items: list[str] | None) -> dict[str, str]:
+    """``--field`` flags as config values: ``{"fields.question": "query"}``."""
+    from fedcot.data.loaders import parse_field_flags
+
+    return {f"fields.{k}": v for k, v in parse_field_flags(items or []).items()}
 
 
 def friendly_errors(fn: F) -> F:
@@ -54,9 +70,10 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except FedcotError as exc:
-            err.print(f"[bold red]error:[/] {exc.message}")
+            # Messages hold user text and "pip install 'fedcot[hf]'": brackets are not markup.
+            err.print(f"[bold red]error:[/] {escape(exc.message)}")
             if exc.hint:
-                err.print(f"[yellow]hint:[/] {exc.hint}")
+                err.print(f"[yellow]hint:[/] {escape(exc.hint)}")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
@@ -150,7 +167,7 @@ def eval_cmd(
     ] = None,
     data: Annotated[
         str | None,
-        typer.Option(help="Datasets root, a dataset folder, a .jsonl/.csv file or hf:NAME."),
+        typer.Option(help="Datasets root, a dataset folder, a .jsonl/.csv/.tsv file or hf:NAME."),
     ] = None,
     split: Annotated[str | None, typer.Option(help="Split to score.")] = None,
     limit: Annotated[int | None, typer.Option(help="Score only the first N examples.")] = None,
@@ -164,6 +181,7 @@ def eval_cmd(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Per-example predictions (JSONL).")
     ] = None,
+    fields: FieldOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Score a model on a task: accuracy with a 95 % interval and per-example predictions."""
@@ -188,13 +206,16 @@ def eval_cmd(
             "cot": cot,
             "generation.max_new_tokens": max_new_tokens,
             "output": str(output) if output else None,
+            **_field_values(fields),
         },
     )
-    task_obj = get_task(cfg.task)
-    examples = load_dataset(cfg.data, task_obj, cfg.split, limit=cfg.limit, rationales=False)
+    task_obj = get_task(cfg.task, answer_style=cfg.answer_style)
+    examples = load_dataset(
+        cfg.data, task_obj, cfg.split, limit=cfg.limit, mapping=cfg.fields, rationales=False
+    )
     shots = []
     if cfg.fewshot:
-        shots = _fewshot_pool(cfg.data, task_obj, cfg.split)[: cfg.fewshot]
+        shots = _fewshot_pool(cfg.data, task_obj, cfg.split, cfg.fields)[: cfg.fewshot]
     err.print(f"loading [bold]{cfg.model.model}[/] ({cfg.model.kind}) ...")
     be = cfg.model.build()
     from fedcot.evaluation import evaluate
@@ -216,7 +237,7 @@ def eval_cmd(
         out.print(f"predictions: {path}")
 
 
-def _fewshot_pool(data: str, task: Any, split: str) -> list[Any]:
+def _fewshot_pool(data: str, task: Any, split: str, fields: dict[str, str]) -> list[Any]:
     from fedcot.data import load_dataset
     from fedcot.errors import DataError
 
@@ -224,10 +245,12 @@ def _fewshot_pool(data: str, task: Any, split: str) -> list[Any]:
         if candidate == split:
             continue
         try:
-            return load_dataset(data, task, candidate, limit=64, rationales=True)
+            return load_dataset(data, task, candidate, limit=64, mapping=fields, rationales=True)
         except DataError:
             try:
-                return load_dataset(data, task, candidate, limit=64, rationales=False)
+                return load_dataset(
+                    data, task, candidate, limit=64, mapping=fields, rationales=False
+                )
             except DataError:
                 continue
     raise FedcotError(
@@ -301,7 +324,12 @@ def distill_cmd(
     student: Annotated[str | None, typer.Option(help="The client's model.")] = None,
     alpha: Annotated[float | None, typer.Option(help="Weight of the rationale loss.")] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
+    stage: Annotated[
+        str | None,
+        typer.Option(help="all | rationales (stop after decoding; reports rationale fidelity)."),
+    ] = None,
     resume: ResumeOpt = False,
+    fields: FieldOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Run FedCoT on a client: perturb → server rationales → decode → multi-task training."""
@@ -325,19 +353,30 @@ def distill_cmd(
             "student.model": student,
             "train.alpha": alpha,
             "output_dir": str(output_dir) if output_dir else None,
+            **_field_values(fields),
+            "stage": stage,
         },
     )
     result = run_distill(cfg, resume=resume, console=out)
     table = Table(title=f"fedcot distill · {cfg.task} · {cfg.strategy}")
     for col in ("", "accuracy", "95 % CI", "n"):
         table.add_column(col, justify="right")
-    for name, r in (("before", result.before), ("after", result.after)):
-        if r:
+    r = result.rationales
+    if r.get("requested"):
+        low, high = r["fidelity_ci"]
+        table.add_row(
+            "rationale fidelity",
+            f"{100 * r['fidelity']:.1f} %",
+            f"{100 * low:.1f} – {100 * high:.1f} %",
+            str(r["requested"]),
+        )
+    for name, acc in (("before", result.before), ("after", result.after)):
+        if acc:
             table.add_row(
-                name,
-                f"{100 * r['accuracy']:.1f} %",
-                f"{100 * r['ci_low']:.1f} – {100 * r['ci_high']:.1f} %",
-                str(r["n"]),
+                f"student {name}",
+                f"{100 * acc['accuracy']:.1f} %",
+                f"{100 * acc['ci_low']:.1f} – {100 * acc['ci_high']:.1f} %",
+                str(acc["n"]),
             )
     out.print(table)
     out.print(f"run folder: {result.run_dir}")
@@ -363,6 +402,7 @@ def _mkt_config(
     mode: str | None,
     top_k: int | None,
     output_dir: Path | None,
+    fields: list[str] | None = None,
 ) -> Any:
     from fedcot.config import load_config
     from fedcot.mkt.config import MKTConfig
@@ -378,6 +418,7 @@ def _mkt_config(
             "mode": mode,
             "top_k": top_k,
             "output_dir": str(output_dir) if output_dir else None,
+            **_field_values(fields),
         },
     )
 
@@ -420,12 +461,13 @@ def mkt_cmd(
     top_k: MKTTopK = None,
     output_dir: MKTOut = None,
     resume: ResumeOpt = False,
+    fields: FieldOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Run FedMKT: a server LLM and client SLMs teach each other through top-K logits."""
     from fedcot.mkt.rounds import run_mkt
 
-    cfg = _mkt_config(config, overrides, task, data, rounds, mode, top_k, output_dir)
+    cfg = _mkt_config(config, overrides, task, data, rounds, mode, top_k, output_dir, fields)
     result = run_mkt(cfg, resume=resume, console=err)
     _print_mkt(cfg, result.metrics, result.output_dir)
 
@@ -625,7 +667,7 @@ def perturb_cmd(
         warnings.simplefilter("always", UserWarning)
         perturber = Perturber.from_config(cfg)
     for w in caught:
-        err.print(f"[yellow]warning: {w.message}[/]")
+        err.print(f"[yellow]warning: {escape(str(w.message))}[/]")
     from fedcot.progress import progress_bar
 
     results = []

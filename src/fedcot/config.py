@@ -10,11 +10,19 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
+from fedcot.data.loaders import check_fields
 from fedcot.data.tasks import COT_MAX_NEW_TOKENS
 from fedcot.errors import ConfigError
 from fedcot.models.backends.base import GenerationParams
@@ -30,6 +38,25 @@ C = TypeVar("C", bound=BaseModel)
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _checked_fields(value: dict[str, str]) -> dict[str, str]:
+    try:
+        return check_fields(value)
+    except ConfigError as exc:
+        raise ValueError(f"{exc.message} ({exc.hint})") from None
+
+
+#: ``{field: column}`` of a run's data (a ``[fields]`` table; ``--field question=query``).
+DataFields = Annotated[dict[str, str], AfterValidator(_checked_fields)]
+
+
+def data_fields() -> Any:
+    """The ``fields`` entry of a config: columns to read, next to its ``data`` source."""
+    return Field(
+        default_factory=dict,
+        description="data columns by field, e.g. {question = 'query'}; others auto-detected",
+    )
 
 
 class BackendConfig(_Strict):
@@ -82,9 +109,16 @@ class EvalConfig(_Strict):
     model: BackendConfig = Field(default_factory=BackendConfig)
     task: str = "cqa"
     data: str = "../shared/datasets"
+    fields: DataFields = data_fields()
     split: str = "test"
     limit: int | None = Field(None, ge=1)
     method: Literal["generate", "likelihood"] = "generate"
+    answer_style: Literal["text", "letter"] = Field(
+        "text",
+        description="multiple choice: candidates are the choice texts ('text') or "
+        "'(c) choice text' ('letter'); the same default as fedcot distill, so both score a "
+        "model the same way",
+    )
     chat: bool | None = Field(
         None, description="chat prompts; None = when the model has a template"
     )

@@ -152,8 +152,11 @@ def load_examples(cfg: DistillConfig, task: Task) -> tuple[list[Example], list[E
         return records[:n_train], records[n_train:]
     from fedcot.data.loaders import load_dataset
 
-    train = load_dataset(cfg.data, task, cfg.train_split, limit=cfg.train_limit)
-    test = load_dataset(cfg.data, task, cfg.test_split, limit=cfg.test_limit, rationales=False)
+    mapping = cfg.fields or None
+    train = load_dataset(cfg.data, task, cfg.train_split, limit=cfg.train_limit, mapping=mapping)
+    test = load_dataset(
+        cfg.data, task, cfg.test_split, limit=cfg.test_limit, mapping=mapping, rationales=False
+    )
     return train, test
 
 

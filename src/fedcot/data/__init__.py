@@ -2,7 +2,9 @@
 
 from fedcot.data.loaders import (
     DSS_DATASETS,
+    FIELD_KEYS,
     FieldMapping,
+    check_fields,
     default_mapping,
     load_csv,
     load_dataset,
@@ -40,6 +42,7 @@ from fedcot.data.tasks import (
 __all__ = [
     "CITIES",
     "DSS_DATASETS",
+    "FIELD_KEYS",
     "FIRST_NAMES",
     "NLI_LABELS_2WAY",
     "NLI_LABELS_3WAY",
@@ -55,6 +58,7 @@ __all__ = [
     "Span",
     "Task",
     "YesNoTask",
+    "check_fields",
     "default_mapping",
     "evaluate_expression",
     "format_number",

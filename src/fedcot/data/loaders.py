@@ -1,6 +1,6 @@
 """Loading datasets into :class:`~fedcot.data.tasks.Example` lists.
 
-Readers for JSON Lines / JSON / CSV files, Hugging Face datasets, and the folders in
+Readers for JSON Lines / JSON / CSV / TSV files, Hugging Face datasets, and the folders in
 ``shared/datasets``: the Distilling-step-by-step layout (cqa, svamp, esnli, anli1, with PaLM
 rationales), GSM8K (``#### n`` answers) and RTE. Every malformed row raises a
 :class:`~fedcot.errors.DataError` that names the file and the 1-based line.
@@ -13,7 +13,8 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator
+import string
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,17 @@ from fedcot.errors import ConfigError, DataError, require
 
 __all__ = [
     "DSS_DATASETS",
+    "FIELD_KEYS",
+    "PASSAGE_COLUMNS",
     "FieldMapping",
+    "check_fields",
     "default_mapping",
     "load_csv",
     "load_dataset",
     "load_dss",
     "load_hf",
     "load_jsonl",
+    "parse_field_flags",
     "write_jsonl",
 ]
 
@@ -48,9 +53,12 @@ logger = logging.getLogger(__name__)
 class FieldMapping:
     """Which source column fills which :class:`Example` field.
 
-    ``choices`` names a column holding a list (JSON list, or a ``|``-separated string in
-    CSV), or several columns separated by commas (``"A,B,C,D"``). ``id=None`` takes an
-    ``id``/``uid``/``ID`` column when there is one, else a generated id.
+    ``choices`` names a column holding a list (JSON list, a ``|``-separated string, or one
+    string with markers: ``"(A) x (B) y"``, ``"A) x B) y"``, ``"A. x B. y"``), or several
+    columns separated by commas (``"A,B,C,D"``). ``premise`` is the NLI premise, or the
+    passage/context of other tasks. ``id=None`` takes an ``id``/``uid``/``ID`` column when
+    there is one, else a generated id. From the CLI or a config file, name columns with
+    ``--field question=query`` or a ``[fields]`` table instead (see :func:`check_fields`).
     """
 
     question: str = "question"
@@ -61,10 +69,67 @@ class FieldMapping:
     rationale: str | None = None
 
 
+#: A mapping argument: a full :class:`FieldMapping`, or ``{field: column}`` overrides of the
+#: auto-detected columns (the ``--field`` flags and ``[fields]`` table), or ``None``.
+ColumnMapping = FieldMapping | Mapping[str, str] | None
+
+#: The keys of ``--field KEY=COLUMN`` and of a config's ``[fields]`` table.
+FIELD_KEYS: tuple[str, ...] = ("question", "label", "choices", "premise", "rationale", "id")
+_FIELD_ALIASES = {
+    "answer": "label",
+    "passage": "premise",
+    "context": "premise",
+    "hypothesis": "question",
+    "options": "choices",
+}
+#: Columns auto-detected as the passage/context of a non-NLI task (first present wins).
+PASSAGE_COLUMNS: tuple[str, ...] = (
+    "passage", "context", "premise", "paragraph", "article", "document", "story",
+)  # fmt: skip
+_VALID_KEYS = "question, label (answer), choices, premise (passage, context), rationale, id"
+
+
+def check_fields(fields: Mapping[str, Any]) -> dict[str, str]:
+    """``{field: column}`` with aliases resolved (``passage`` -> ``premise``).
+
+    Raises :class:`ConfigError` naming the valid keys for an unknown field key, or for an
+    empty column name.
+    """
+    out: dict[str, str] = {}
+    for key, column in fields.items():
+        k = str(key).strip().lower()
+        name = _FIELD_ALIASES.get(k, k)
+        if name not in FIELD_KEYS:
+            raise ConfigError(
+                f"unknown data field {key!r}",
+                hint=f"valid keys: {_VALID_KEYS}; e.g. --field question=query",
+            )
+        if not isinstance(column, str) or not column.strip():
+            raise ConfigError(
+                f"data field {key!r} needs a column name", hint=f"write --field {k}=COLUMN"
+            )
+        out[name] = column.strip()
+    return out
+
+
+def parse_field_flags(items: Iterable[str]) -> dict[str, str]:
+    """Repeated ``--field KEY=COLUMN`` flags -> checked ``{field: column}``."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, column = item.partition("=")
+        if not sep:
+            raise ConfigError(
+                f"--field {item!r} has no '='", hint="write --field KEY=COLUMN, e.g. question=query"
+            )
+        pairs[key.strip()] = column
+    return check_fields(pairs)
+
+
 def default_mapping(task: Task, row: dict[str, Any] | None = None) -> FieldMapping:
     """The usual column names for ``task``, adapted to the columns of ``row`` when given.
 
-    Also reads files written by :func:`write_jsonl` (``label``/``rationale`` columns).
+    Also reads files written by :func:`write_jsonl` (``label``/``rationale`` columns). A
+    non-NLI task takes a passage from the first of :data:`PASSAGE_COLUMNS` in ``row``.
     """
     keys = set(row) if row is not None else set()
 
@@ -76,11 +141,13 @@ def default_mapping(task: Task, row: dict[str, Any] | None = None) -> FieldMappi
 
     if isinstance(task, NLITask):
         m = FieldMapping(question=pick("hypothesis", "question"), label=pick("label", "answer"))
-        m.premise = "premise"
+        m.premise = pick("premise", "passage", "context")
     else:
         m = FieldMapping(question=pick("question", "input"), label=pick("answer", "label"))
+        present = [c for c in PASSAGE_COLUMNS if row is not None and row.get(c) is not None]
+        m.premise = present[0] if present else None
     if isinstance(task, MultipleChoiceTask):
-        m.choices = "choices"
+        m.choices = pick("choices", "options")
     if row is not None and row.get("rationale") is not None:
         m.rationale = "rationale"
     return m
@@ -99,7 +166,47 @@ def _fail(where: str, what: str, hint: str) -> DataError:
     return DataError(f"{where}: {what}", hint=hint)
 
 
+def _column_hint(key: str) -> str:
+    return (
+        f"fix or remove that row, or name the column: --field {key}=COLUMN "
+        f'(config file: [fields] {key} = "COLUMN")'
+    )
+
+
+# Choice markers of one-string choices: "(A) x (B) y", "A) x B) y", "A. x B. y".
+_MARKER_STYLES = (r"\({}\)\s*", r"{}\)\s+", r"{}\.\s+")
+
+
+def _marker_spans(s: str, style: str, letters: str) -> list[re.Match[str]]:
+    """Markers for letters[0], letters[1], ... in order; the first opens the string, every
+    later one follows whitespace (so "plan B." inside a word or sentence is no marker)."""
+    found: list[re.Match[str]] = []
+    for i, letter in enumerate(letters):
+        lead = "^" if i == 0 else r"(?<=\s)"
+        m = re.compile(lead + style.format(letter)).search(s, found[-1].end() if found else 0)
+        if m is None:
+            break
+        found.append(m)
+    return found
+
+
+def _split_lettered(s: str) -> list[str] | None:
+    """Split ``"(A) foo (B) bar"`` (or ``A) ..``, ``A. ..``; lower case too) by its markers;
+    ``None`` unless at least two markers A, B, ... appear in order with text after each."""
+    for style in _MARKER_STYLES:
+        for letters in (string.ascii_uppercase, string.ascii_lowercase):
+            found = _marker_spans(s, style, letters)
+            if len(found) < 2:
+                continue
+            ends = [m.start() for m in found[1:]] + [len(s)]
+            parts = [s[m.end() : e].strip().rstrip(",;").strip() for m, e in zip(found, ends)]
+            if all(parts):
+                return parts
+    return None
+
+
 def _split_choices(value: Any) -> list[str]:
+    """Choices from a list, a JSON list string, ``"x|y|z"`` or ``"(A) x (B) y"``."""
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value]
     s = str(value).strip()
@@ -108,6 +215,10 @@ def _split_choices(value: Any) -> list[str]:
         if not isinstance(loaded, list):
             raise ValueError("choices are not a list")
         return [str(v) for v in loaded]
+    if "|" not in s:
+        lettered = _split_lettered(s)
+        if lettered is not None:
+            return lettered
     return [c.strip() for c in s.split("|")]
 
 
@@ -125,7 +236,9 @@ def _row_to_example(
     def get(col: str, what: str) -> Any:
         if col not in row or row[col] is None:
             cols = ", ".join(sorted(str(k) for k in row)) or "none"
-            raise _fail(where, f"missing field {col!r} ({what}); the row has: {cols}", hint)
+            key = "choices" if what == "choice" else what
+            msg = f"missing field {col!r} ({what}); the row has: {cols}"
+            raise _fail(where, msg, _column_hint(key))
         used.add(col)
         return row[col]
 
@@ -210,10 +323,34 @@ def _check_limit(limit: int | None) -> None:
         raise ConfigError(f"limit must be >= 0, got {limit}")
 
 
+_NOT_PASSAGE = re.compile(r"rationale|explanation|reason|solution|answer", re.I)
+
+
+def _looks_like_passage(column: str, value: Any, question: str) -> bool:
+    """An unused text column at least as long as the question, a dozen words or more."""
+    if not isinstance(value, str) or _NOT_PASSAGE.search(column):
+        return False
+    return len(value.split()) >= 12 and len(value) >= len(question)
+
+
+def _warn_unused_passage(ex: Example, source: str) -> None:
+    for column, value in ex.meta.items():
+        if _looks_like_passage(column, value, ex.question):
+            logger.warning(
+                "%s: column %r looks like a passage but is not part of the prompt (kept in "
+                "meta only); to use it: --field premise=%s (config file: [fields] premise = "
+                '"%s")',
+                source,
+                column,
+                column,
+                column,
+            )
+
+
 def _convert_rows(
     rows: Iterable[tuple[str, dict[str, Any]]],
     task: Task,
-    mapping: FieldMapping | None,
+    mapping: ColumnMapping,
     id_prefix: str,
     limit: int | None,
     source: str,
@@ -223,20 +360,26 @@ def _convert_rows(
     out: list[Example] = []
     if limit == 0:
         return out
-    hint = (
-        "fix or remove that row, or pass a FieldMapping that names the right columns"
-        if mapping is not None
-        else "fix or remove that row, or pass a FieldMapping(question=..., label=...)"
-    )
+    fixed = mapping if isinstance(mapping, FieldMapping) else None
+    overrides = check_fields(mapping) if mapping and fixed is None else {}
+    hint = _column_hint("label")
     for i, (where, row) in enumerate(rows):
         # Default columns are resolved per row: optional ones (rationale) may come and go.
-        m = mapping if mapping is not None else default_mapping(task, row)
+        m = fixed or _overridden(default_mapping(task, row), overrides)
         out.append(_row_to_example(row, task, m, where, f"{id_prefix}-{i}", hint))
         if limit is not None and len(out) >= limit:
             break
     if not out:
         raise DataError(f"{source}: no rows", hint="the file is empty; check the path and split")
+    if fixed is None:
+        _warn_unused_passage(out[0], source)
     return out
+
+
+def _overridden(m: FieldMapping, overrides: Mapping[str, str]) -> FieldMapping:
+    for name, column in overrides.items():
+        setattr(m, name, column)
+    return m
 
 
 def _id_prefix(path: Path) -> str:
@@ -287,45 +430,61 @@ def _iter_json_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 def load_jsonl(
     path: str | Path,
     task: Task | str,
-    mapping: FieldMapping | None = None,
+    mapping: ColumnMapping = None,
     limit: int | None = None,
 ) -> list[Example]:
     """Load a JSON Lines file (or a JSON array of objects) as examples of ``task``.
 
-    ``mapping=None`` uses the task's usual columns (:func:`default_mapping`). Columns that
-    are not mapped are kept in ``meta``. ``limit`` keeps the first N rows.
+    ``mapping=None`` uses the task's usual columns (:func:`default_mapping`); a dict such as
+    ``{"question": "query"}`` overrides some of them; a :class:`FieldMapping` fixes them all.
+    Columns that are not mapped are kept in ``meta``. ``limit`` keeps the first N rows.
     """
     task = _as_task(task)
     path = Path(path)
     return _convert_rows(_iter_json_rows(path), task, mapping, _id_prefix(path), limit, str(path))
 
 
-def _iter_csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def _csv_dialect(path: Path) -> str:
+    # TSV: tab-separated, quoted as CSV is where a cell needs it (what pandas and csv write).
+    return "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line where the row begins, row) for each non-blank row of a CSV/TSV file."""
     text = _open_text(path)
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    reader = csv.DictReader(text.splitlines(keepends=True), dialect=_csv_dialect(path))
     if reader.fieldnames is None:
         return
     prev_end = reader.line_num  # the header's last line
     for row in reader:
         start = prev_end + 1  # a quoted cell may span lines: report where the row begins
         prev_end = reader.line_num
-        where = f"{path}, line {start}"
         if None in row:
             raise _fail(
-                where, "the row has more fields than the header", "fix the quoting of that row"
+                f"{path}, line {start}",
+                "the row has more fields than the header",
+                "fix the quoting of that row",
             )
         if not any((v or "").strip() for v in row.values()):
             continue
-        yield where, row
+        yield start, row
+
+
+def _iter_csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    for lineno, row in _csv_rows(path):
+        yield f"{path}, line {lineno}", row
 
 
 def load_csv(
     path: str | Path,
     task: Task | str,
-    mapping: FieldMapping | None = None,
+    mapping: ColumnMapping = None,
     limit: int | None = None,
 ) -> list[Example]:
-    """Load a CSV file with a header row as examples of ``task`` (see :func:`load_jsonl`)."""
+    """Load a CSV file with a header row as examples of ``task`` (see :func:`load_jsonl`).
+
+    A ``.tsv`` file is read as tab-separated values.
+    """
     task = _as_task(task)
     path = Path(path)
     return _convert_rows(_iter_csv_rows(path), task, mapping, _id_prefix(path), limit, str(path))
@@ -369,7 +528,7 @@ def load_hf(
     name_or_path: str,
     task: Task | str,
     split: str,
-    mapping: FieldMapping | None = None,
+    mapping: ColumnMapping = None,
     limit: int | None = None,
 ) -> list[Example]:
     """Load a split with the ``datasets`` library (extra ``hf``).
@@ -576,15 +735,13 @@ def _as_task(task: Task | str) -> Task:
     return task if isinstance(task, Task) else get_task(task)
 
 
-def _load_file(
-    path: Path, task: Task, mapping: FieldMapping | None, limit: int | None
-) -> list[Example]:
-    if path.suffix.lower() == ".csv":
+def _load_file(path: Path, task: Task, mapping: ColumnMapping, limit: int | None) -> list[Example]:
+    if path.suffix.lower() in (".csv", ".tsv"):
         return load_csv(path, task, mapping, limit)
     return load_jsonl(path, task, mapping, limit)
 
 
-_FILE_SUFFIXES = (".jsonl", ".json", ".csv")
+_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 
 
 def _find_split_file(folder: Path, split: str) -> Path | None:
@@ -611,7 +768,7 @@ def load_dataset(
     split: str = "test",
     *,
     limit: int | None = None,
-    mapping: FieldMapping | None = None,
+    mapping: ColumnMapping = None,
     rationales: bool = True,
 ) -> list[Example]:
     """Load examples from any supported source.
@@ -619,7 +776,8 @@ def load_dataset(
     ``source`` is one of: a DSS folder (``.../shared/datasets/cqa``); the datasets root
     (the task name picks the folder); a folder with ``{split}.jsonl`` files (GSM8K, RTE;
     ``"test"`` falls back to ``val`` with a warning where there is no test file); a
-    ``.jsonl``/``.json``/``.csv`` file; or ``"hf:NAME"``.
+    ``.jsonl``/``.json``/``.csv``/``.tsv`` file; or ``"hf:NAME"``. ``mapping``: see
+    :func:`load_jsonl` (a DSS folder has fixed columns and ignores it, with a warning).
     """
     task_obj = _as_task(task)
     if isinstance(source, str) and source.startswith("hf:"):
@@ -638,6 +796,8 @@ def load_dataset(
                     f"{task_obj.name!r}",
                     hint=f"use task {dss_task.name!r}",
                 )
+            if mapping:
+                logger.warning("%s is a DSS folder with fixed columns; ignoring fields", path)
             return load_dss(path.parent, path.name, split, rationales=rationales, limit=limit)
         sub = path / task_obj.name
         if sub.is_dir():
@@ -659,12 +819,12 @@ def load_dataset(
             return _load_file(split_file, task_obj, mapping, limit)
         raise DataError(
             f"{path}: no {split!r} split for task {task_obj.name!r} in this folder",
-            hint="expected {split}.jsonl/.json/.csv, a DSS folder, or a sub-folder named "
-            "after the task",
+            hint=f"expected {split}.jsonl/.json/.csv/.tsv, a DSS folder, or a sub-folder "
+            f"named {task_obj.name!r} after the task",
         )
     raise DataError(
         f"{path}: no such file or folder",
-        hint="pass a dataset folder, a .jsonl/.json/.csv file, or 'hf:NAME'",
+        hint="pass a dataset folder, a .jsonl/.json/.csv/.tsv file, or 'hf:NAME'",
     )
 
 
@@ -672,12 +832,16 @@ def read_text_rows(
     path: str | Path, keep_blank: bool = False
 ) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """(1-based line number, row) for each non-blank line of a ``.txt`` file (the line) or a
-    JSONL file (the parsed object). Bad JSON or a non-object is a :class:`DataError` that
+    JSONL file (the parsed object), or each row of a ``.csv``/``.tsv`` file with a header
+    (a dict of its cells). Bad JSON or a non-object is a :class:`DataError` that
     names the file and line. With ``keep_blank``, a blank line of a ``.txt`` file is
     yielded as ``""`` (so a caller can report it)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"input file not found: {p}", hint="check the path")
+    if p.suffix.lower() in (".csv", ".tsv"):
+        yield from _csv_rows(p)
+        return
     with p.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():

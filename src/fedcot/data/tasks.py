@@ -57,8 +57,9 @@ class Example:
 
     ``label`` is the gold answer in the task's label form: the choice text (multiple choice),
     a normalised number string such as ``"450"`` or ``"2.5"`` (math), a label name (NLI) or
-    ``"yes"``/``"no"``. ``rationale``/``rationale_label`` hold a teacher chain of thought
-    (e.g. PaLM's) and the answer it concluded with, when the source has one.
+    ``"yes"``/``"no"``. ``premise`` is the NLI premise, or the passage/context of another
+    task (rendered as ``"Passage: ..."``). ``rationale``/``rationale_label`` hold a teacher
+    chain of thought (e.g. PaLM's) and the answer it concluded with, when the source has one.
     """
 
     id: str
@@ -309,6 +310,14 @@ class _NoAnswer(Exception):
     """A clause states an unusable answer: two of them ("(c) or (d)"), or "10 / 0"."""
 
 
+def _with_passage(ex: Example, text: str) -> str:
+    """``text`` after ``"Passage: ..."`` when the example has one (its ``premise`` field,
+    which non-NLI tasks use for a reading passage or context)."""
+    if ex.premise and ex.premise.strip():
+        return f"Passage: {ex.premise}\n{text}"
+    return text
+
+
 # --------------------------------------------------------------------------------------
 # Task base class
 # --------------------------------------------------------------------------------------
@@ -320,7 +329,7 @@ class Task(abc.ABC):
     name: str
     kind: str
     #: Stop strings for plain-completion answers: a blank line or an invented next turn.
-    stop: tuple[str, ...] = ("\n\n", "\nQuestion:")
+    stop: tuple[str, ...] = ("\n\n", "\nQuestion:", "\nPassage:")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -489,10 +498,11 @@ class MultipleChoiceTask(Task):
         self.answer_style = answer_style
 
     def input_text(self, ex: Example) -> str:
-        """``"Question: ...\\nAnswer choices:\\n(a) ...\\n(b) ..."``."""
+        """``"Question: ...\\nAnswer choices:\\n(a) ...\\n(b) ..."`` (after ``"Passage: ..."``
+        when the example has a passage)."""
         lines = [f"Question: {ex.question}", "Answer choices:"]
         lines += [f"({_LETTERS[i]}) {c}" for i, c in enumerate(ex.choices)]
-        return "\n".join(lines)
+        return _with_passage(ex, "\n".join(lines))
 
     def instruction(self, *, cot: bool = False) -> str:
         """The multiple-choice instruction (letter answer, or reasoning then the answer)."""
@@ -642,8 +652,8 @@ class MathTask(Task):
         self.rel_tol = rel_tol
 
     def input_text(self, ex: Example) -> str:
-        """``"Question: ..."``."""
-        return f"Question: {ex.question}"
+        """``"Question: ..."`` (after ``"Passage: ..."`` when the example has a passage)."""
+        return _with_passage(ex, f"Question: {ex.question}")
 
     def instruction(self, *, cot: bool = False) -> str:
         """The math instruction (a number, or reasoning then the number)."""
@@ -874,8 +884,8 @@ class YesNoTask(Task):
         self._word = re.compile(r"(?<![\w])(yes|no)(?![\w])", re.I)
 
     def input_text(self, ex: Example) -> str:
-        """``"Question: ..."``."""
-        return f"Question: {ex.question}"
+        """``"Question: ..."`` (after ``"Passage: ..."`` when the example has a passage)."""
+        return _with_passage(ex, f"Question: {ex.question}")
 
     def instruction(self, *, cot: bool = False) -> str:
         """The yes/no instruction."""

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fedcot.config import _Strict
+from fedcot.config import DataFields, _Strict, data_fields
 
 __all__ = ["MKTConfig", "MKTTrainConfig", "PartyConfig"]
 
@@ -47,6 +47,7 @@ class MKTConfig(_Strict):
 
     task: str = "rte"
     data: str = Field("../shared/datasets", description="dataset source (see fedcot eval)")
+    fields: DataFields = data_fields()
     split: str = Field("train", description="split cut into the public and private parts")
     test_split: str = "test"
     public_size: int = Field(64, ge=1, description="public examples every party sees")

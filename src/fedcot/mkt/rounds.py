@@ -330,7 +330,7 @@ def split_data(
     1 public + K disjoint private parts."""
     from fedcot.data.loaders import load_dataset
 
-    pool = load_dataset(cfg.data, task, cfg.split, rationales=False)
+    pool = load_dataset(cfg.data, task, cfg.split, mapping=cfg.fields, rationales=False)
     need = cfg.public_size + cfg.private_size * len(cfg.clients)
     if len(pool) < need:
         raise ConfigError(
@@ -347,7 +347,9 @@ def split_data(
         ]
         for c in range(len(cfg.clients))
     ]
-    test = load_dataset(cfg.data, task, cfg.test_split, limit=cfg.test_limit, rationales=False)
+    test = load_dataset(
+        cfg.data, task, cfg.test_split, limit=cfg.test_limit, mapping=cfg.fields, rationales=False
+    )
     return public, private, test
 
 
