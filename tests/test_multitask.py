@@ -12,17 +12,20 @@ import torch
 from fedcot.data.tasks import Example, get_task
 from fedcot.errors import ConfigError
 from fedcot.train import (
+    LengthBucketSampler,
     MultiTaskArguments,
     MultiTaskCollator,
     MultiTaskTrainer,
     SFTItem,
     TrainConfig,
     load_trained,
+    measure_matmul_gflops,
     multitask_items,
     render_prompt,
     tokenize_groups,
     tokenize_item,
     train_multitask,
+    training_flops_per_token,
 )
 
 from tiny_models import make_tiny_lm
@@ -234,6 +237,93 @@ def test_gradient_accumulation_matches_bigger_batch(tmp_path):
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
     for k in state_a:
         torch.testing.assert_close(state_a[k], state_b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_one_joint_forward_per_step_gives_the_weighted_loss(tmp_path):
+    """Label and rationale sequences share one forward; the loss is α·L_r + (1 − α)·L_l."""
+    model, tok = make_tiny_lm(0)
+    task = get_task("cqa")
+    exs = cqa_examples(4)
+    exs[3].rationale = None  # 4 label sequences, 3 rationale sequences
+    groups = multitask_items(task, exs, tok, chat=True, alpha=0.3)
+    hand = hand_kind_losses(model, tok, groups)  # LoRA starts as the identity
+    rows = []
+    model.register_forward_hook(lambda m, args, kwargs, out: rows.append(kwargs["input_ids"]),
+                                with_kwargs=True)  # fmt: skip
+    cfg = fast_cfg(alpha=0.3, max_steps=1, batch_size=4, lora_dropout=0.0)
+    res = train_multitask(model, tok, groups, cfg, tmp_path / "run", progress=False)
+    assert len(rows) == 1 and rows[0].shape[0] == 7  # one forward, every sequence in it
+    assert res.losses()[0] == pytest.approx(0.3 * hand["rationale"] + 0.7 * hand["label"], 1e-5)
+    assert res.losses("loss_label")[0] == pytest.approx(hand["label"], rel=1e-5)
+    assert res.losses("loss_rationale")[0] == pytest.approx(hand["rationale"], rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------
+# Length-grouped batches, throughput
+# --------------------------------------------------------------------------------------
+
+
+def test_length_bucket_sampler_orders_and_is_seeded():
+    lengths = [50, 10, 31, 12, 49, 30, 11, 48, 29, 13]
+    sampler = LengthBucketSampler(lengths, bucket_size=3, seed=5)
+    buckets = sampler.buckets()
+    assert sorted(i for b in buckets for i in b) == list(range(10)) and len(sampler) == 10
+    assert [len(b) for b in buckets] == [3, 3, 3, 1]  # the remainder comes last
+    assert [lengths[i] for i in buckets[-1]] == [10]  # ... and holds the shortest
+    spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in buckets[:3])
+    assert spans == [(11, 13), (29, 31), (48, 50)]
+    assert list(sampler) == [i for b in buckets for i in b]
+    # Seeded: the same seed and epoch give the same order; the order changes across epochs.
+    assert LengthBucketSampler(lengths, 3, seed=5).buckets() == buckets
+    orders = set()
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        orders.add(tuple(sampler))
+    assert len(orders) > 1
+    with pytest.raises(ValueError):
+        LengthBucketSampler(lengths, 0)
+
+
+def test_length_grouping_cuts_padding_and_throughput_is_reported(tmp_path):
+    task = get_task("cqa")
+    exs = cqa_examples(8)
+    for i, ex in enumerate(exs):  # rationales of very different lengths
+        ex.rationale = " ".join([f"Thing {i} is kept near the {ex.label}."] * (1 + 2 * i))
+    results = {}
+    for grouped in (False, True):
+        model, tok = make_tiny_lm(0)
+        groups = multitask_items(task, exs, tok, chat=True, alpha=0.5)
+        cfg = fast_cfg(max_steps=4, batch_size=2, group_by_length=grouped)
+        results[grouped] = train_multitask(
+            model, tok, groups, cfg, tmp_path / str(grouped), progress=False, matmul_gflops=50.0
+        )
+    seqs = tokenize_groups(groups, tok, 384)
+    n_tokens = sum(len(s["input_ids"]) for g in seqs for s in g)
+    n_target = sum(sum(x != -100 for x in s["labels"]) for g in seqs for s in g)
+    for res in results.values():  # one epoch: every sequence once
+        assert (res.tokens, res.target_tokens) == (n_tokens, n_target)
+        assert res.tokens_per_second == pytest.approx(res.tokens / res.step_seconds, rel=1e-2)
+        assert 0 < res.target_tokens_per_second < res.tokens_per_second
+        assert res.matmul_gflops == 50.0 and res.flops_per_token > 0
+        want = res.tokens_per_second * res.flops_per_token / 50e9
+        assert res.matmul_share == pytest.approx(want, rel=1e-2, abs=1e-4)
+        logged = res.losses("tokens_per_second")
+        assert len(logged) == 4 and all(x > 0 for x in logged)
+        assert res.losses("train_tokens") == [n_tokens]
+    assert results[True].padded_tokens < results[False].padded_tokens
+    assert results[True].padding_share < results[False].padding_share
+
+
+def test_training_flops_and_matmul_rate():
+    model, _ = make_tiny_lm(0)
+    n = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    model.requires_grad_(True)
+    assert training_flops_per_token(model) == 6 * n  # forward 2N, backward 4N
+    model.requires_grad_(False)
+    assert training_flops_per_token(model) == 4 * n  # frozen: no weight gradients
+    rng = torch.get_rng_state()
+    assert measure_matmul_gflops(seconds=0.05, size=128) > 0
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 # --------------------------------------------------------------------------------------

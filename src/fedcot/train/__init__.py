@@ -9,6 +9,7 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "LengthBucketSampler",
     "MultiTaskArguments",
     "MultiTaskCollator",
     "MultiTaskTrainer",
@@ -18,11 +19,13 @@ __all__ = [
     "apply_lora",
     "default_loss_weights",
     "load_trained",
+    "measure_matmul_gflops",
     "multitask_items",
     "render_prompt",
     "tokenize_groups",
     "tokenize_item",
     "train_multitask",
+    "training_flops_per_token",
 ]
 
 _WHERE = {name: "fedcot.train.multitask" for name in __all__}

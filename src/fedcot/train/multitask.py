@@ -11,6 +11,13 @@ instructions differ, so they act as task prefixes. The loss is
 which for the defaults is ``α · L_rationale + (1 − α) · L_label``. Only target tokens (and the
 EOS that ends them) count; prompt and padding tokens are masked with ``-100``.
 
+A step is one forward and one backward: every sequence of the batch's groups, of every kind,
+goes into one right-padded batch, and the per-kind losses are read off that one output through
+each row's kind. Batches are length-grouped (:class:`LengthBucketSampler`) so that little of
+that batch is padding, and the trainer reports its throughput: non-pad input tokens and target
+tokens per second of training steps, and the share of the machine's float32 matmul rate that
+this amounts to (:func:`training_flops_per_token`, :func:`measure_matmul_gflops`).
+
 :class:`TrainConfig` and the data helpers import neither torch nor transformers;
 :class:`MultiTaskArguments` and :class:`MultiTaskTrainer` subclass the transformers classes and
 are built on first access, so that reading a config stays fast.
@@ -40,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IGNORE_INDEX",
+    "LengthBucketSampler",
     "MultiTaskArguments",  # noqa: F822 - built on first access (module __getattr__)
     "MultiTaskCollator",
     "MultiTaskTrainer",  # noqa: F822
@@ -47,11 +55,13 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "default_loss_weights",
+    "measure_matmul_gflops",
     "multitask_items",
     "render_prompt",
     "tokenize_groups",
     "tokenize_item",
     "train_multitask",
+    "training_flops_per_token",
 ]
 
 logger = logging.getLogger(__name__)
@@ -148,6 +158,11 @@ class TrainConfig(BaseModel):
         4, ge=1, description="examples (groups of label + rationale sequences) per device step"
     )
     grad_accum: int = Field(1, ge=1, description="device steps accumulated per optimizer step")
+    group_by_length: bool = Field(
+        True,
+        description="batch examples of similar length together (less padding); the batch "
+        "order is still shuffled with the seed",
+    )
     learning_rate: float = Field(2e-4, gt=0.0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
     warmup_ratio: float = Field(
@@ -275,6 +290,55 @@ class MultiTaskCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, "kind_ids": kind_ids}
 
 
+def group_length(group: Sequence[Mapping[str, Any]]) -> int:
+    """The padded width a group asks of its batch: its longest sequence."""
+    return max((len(s["input_ids"]) for s in group), default=0)
+
+
+class LengthBucketSampler:
+    """Training order in which each optimizer step's groups have similar lengths.
+
+    Per epoch: the groups are sorted by :func:`group_length` (ties broken at random), cut
+    into buckets of ``bucket_size`` groups (the examples of one optimizer step: device batch
+    size × gradient accumulation), and the order of the buckets is shuffled. A bucket that
+    is not full (the remainder) holds the shortest groups and always comes last, so that
+    every device batch stays inside one bucket. The permutation depends only on ``seed`` and
+    the epoch (:meth:`set_epoch`, called by the Trainer): runs are reproducible and a resumed
+    run skips exactly the batches it had trained.
+    """
+
+    def __init__(self, lengths: Sequence[int], bucket_size: int, seed: int = 0) -> None:
+        if bucket_size < 1:
+            raise ValueError("bucket_size must be at least 1")
+        self.lengths = [int(n) for n in lengths]
+        self.bucket_size = int(bucket_size)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the permutation of ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def buckets(self) -> list[list[int]]:
+        """This epoch's buckets of dataset indices, in training order."""
+        import numpy as np
+
+        rng = np.random.default_rng([self.seed, self.epoch])
+        shuffled = rng.permutation(len(self.lengths)).tolist()
+        ordered = sorted(shuffled, key=lambda i: self.lengths[i])  # stable: random ties
+        rest = len(ordered) % self.bucket_size
+        head, body = ordered[:rest], ordered[rest:]
+        full = [body[i : i + self.bucket_size] for i in range(0, len(body), self.bucket_size)]
+        order = rng.permutation(len(full)).tolist()
+        return [full[i] for i in order] + ([head] if head else [])
+
+    def __iter__(self) -> Any:
+        return iter([i for bucket in self.buckets() for i in bucket])
+
+
 # --------------------------------------------------------------------------------------
 # Loss
 # --------------------------------------------------------------------------------------
@@ -347,6 +411,86 @@ def eval_mean(loss: Any, per_kind: Mapping[int, Any], weights: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------
+# Throughput
+# --------------------------------------------------------------------------------------
+
+
+def training_flops_per_token(model: Any) -> float:
+    """Matmul FLOPs of one training token through ``model``'s linear layers.
+
+    With N the weights of a linear layer: forward 2·N, backward 2·N for the gradient of its
+    input, and 2·N more for the gradient of its weights when they are trained. So about 6·N
+    per token for full fine-tuning and 4·N + 6·N_LoRA with LoRA, whose frozen weights are
+    still back-propagated through. Counted over every ``nn.Linear`` (LM head included, tied
+    or not; a cut-off of logits to the target positions is not taken off); the attention
+    score products, embeddings and norms are left out.
+    """
+    import torch
+
+    total = 0.0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            n = module.weight.numel()
+            total += (6.0 if module.weight.requires_grad else 4.0) * n
+    return total
+
+
+def measure_matmul_gflops(seconds: float = 1.0, size: int = 1024) -> float:
+    """This machine's float32 ``torch.matmul`` rate (GFLOP/s) on ``size``×``size`` matrices.
+
+    Multiplies for about ``seconds`` after a warm-up with torch's current thread count and
+    counts 2·size³ FLOPs a product. The global RNGs are left alone.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen)
+    b = torch.randn(size, size, generator=gen)
+    c = torch.empty(size, size)
+    torch.matmul(a, b, out=c)  # warm-up (thread pool, caches)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        torch.matmul(a, b, out=c)
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return 2.0 * size**3 * n / dt / 1e9
+
+
+@dataclass
+class _Throughput:
+    """Running totals of the training steps: tokens and the seconds they took."""
+
+    tokens: int = 0
+    target_tokens: int = 0
+    padded_tokens: int = 0
+    seconds: float = 0.0
+
+    def rates(self, since: _Throughput | None = None, prefix: str = "") -> dict[str, float]:
+        """Tokens and target tokens per second (since an earlier snapshot)."""
+        base = since or _Throughput()
+        dt = self.seconds - base.seconds
+        if dt <= 0:
+            return {}
+        return {
+            f"{prefix}tokens_per_second": round((self.tokens - base.tokens) / dt, 2),
+            f"{prefix}target_tokens_per_second": round(
+                (self.target_tokens - base.target_tokens) / dt, 2
+            ),
+        }
+
+
+_MATMUL_GFLOPS: list[float] = []
+
+
+def _machine_matmul_gflops() -> float:
+    """:func:`measure_matmul_gflops` for half a second, once per process."""
+    if not _MATMUL_GFLOPS:
+        _MATMUL_GFLOPS.append(measure_matmul_gflops(seconds=0.5))
+    return _MATMUL_GFLOPS[0]
+
+
+# --------------------------------------------------------------------------------------
 # transformers subclasses (built on first access: importing transformers takes seconds)
 # --------------------------------------------------------------------------------------
 
@@ -370,14 +514,37 @@ def _hf_classes() -> tuple[Any, Any]:
             metadata={"help": "loss weight of each sequence kind"},
         )
         max_length: int = _field(default=384, metadata={"help": "tokens per sequence"})
+        length_buckets: bool = _field(
+            default=True,
+            metadata={"help": "length-grouped training batches (LengthBucketSampler)"},
+        )
+
+    class StepTimer(transformers.TrainerCallback):
+        """Adds up the seconds of training steps: forward, backward and optimizer step."""
+
+        def __init__(self, meter: _Throughput) -> None:
+            self.meter = meter
+            self._t0: float | None = None
+
+        def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if self._t0 is not None:
+                self.meter.seconds += time.perf_counter() - self._t0
+                self._t0 = None
 
     class MultiTaskTrainer(transformers.Trainer):
         """Trainer whose loss is the weighted sum of per-kind mean sequence cross-entropies.
 
-        Batches come from :class:`MultiTaskCollator`. The model never sees ``labels``: the
-        loss is computed here, so the weighting is exact. The loss is a per-batch mean, so
-        the Trainer divides it by the gradient-accumulation steps. Per-kind losses appear
-        in the log history as ``loss_<kind>`` (training) and ``eval_loss_<kind>``.
+        Batches come from :class:`MultiTaskCollator`: all sequences of all kinds in one
+        padded batch, so a step is one forward and one backward. The model never sees
+        ``labels``: the loss is computed here, so the weighting is exact. The loss is a
+        per-batch mean, so the Trainer divides it by the gradient-accumulation steps.
+        Per-kind losses appear in the log history as ``loss_<kind>`` (training) and
+        ``eval_loss_<kind>``; ``tokens_per_second`` and ``target_tokens_per_second`` (since
+        the last log) next to them, and run totals (``train_tokens_per_second``, ...) in the
+        final log. Training batches are length-grouped (``length_buckets``).
         """
 
         loss_is_scaled_for_ga = False
@@ -391,6 +558,20 @@ def _hf_classes() -> tuple[Any, Any]:
             self.kind_weights: list[float] = [float(weights[k]) for k in self.kinds]
             self._use_logits_to_keep = _accepts_logits_to_keep(self.model)
             self._kind_sums: dict[str, dict[int, list[float]]] = {"train": {}, "eval": {}}
+            self.throughput = _Throughput()
+            self._logged = _Throughput()
+            self.add_callback(StepTimer(self.throughput))
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if not getattr(self.args, "length_buckets", False) or not isinstance(dataset, Sequence):
+                return super()._get_train_sampler(train_dataset)
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return LengthBucketSampler(
+                [group_length(g) for g in dataset],
+                self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                seed=seed,
+            )
 
         def compute_loss(
             self,
@@ -404,6 +585,13 @@ def _hf_classes() -> tuple[Any, Any]:
             )
             if not model.training:
                 loss = eval_mean(loss, per_kind, self.kind_weights)
+            else:
+                meter = self.throughput
+                mask = inputs.get("attention_mask")
+                ids = inputs["input_ids"]
+                meter.tokens += int(mask.sum()) if mask is not None else int(ids.numel())
+                meter.target_tokens += int(inputs["labels"].ne(IGNORE_INDEX).sum())
+                meter.padded_tokens += int(ids.numel())
             sums = self._kind_sums["train" if model.training else "eval"]
             for k, v in per_kind.items():
                 acc = sums.setdefault(k, [0.0, 0])
@@ -424,6 +612,14 @@ def _hf_classes() -> tuple[Any, Any]:
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             if "loss" in logs:
                 self._flush("train", "loss_", logs)
+                logs.update(self.throughput.rates(since=self._logged))
+                self._logged = _Throughput(**vars(self.throughput))
+            if "train_runtime" in logs:  # the final log of train()
+                meter = self.throughput
+                logs.update(meter.rates(prefix="train_"))
+                logs["train_tokens"] = meter.tokens
+                logs["train_target_tokens"] = meter.target_tokens
+                logs["train_step_seconds"] = round(meter.seconds, 3)
             if "eval_loss" in logs:
                 self._flush("eval", "eval_loss_", logs)
             super().log(logs, start_time)
@@ -461,6 +657,29 @@ class TrainResult:
     seconds: float
     log_history: list[dict]
     resumed_from: str | None
+    tokens: int = 0
+    """Non-pad input tokens of the training steps this call ran (not those before a resume)."""
+    target_tokens: int = 0
+    """Of those, the target tokens (the ones the loss counts)."""
+    padded_tokens: int = 0
+    """Cells of those steps' padded batches: tokens plus padding."""
+    step_seconds: float = 0.0
+    """Seconds inside training steps (forward, backward, optimizer step)."""
+    tokens_per_second: float = 0.0
+    """``tokens / step_seconds``."""
+    target_tokens_per_second: float = 0.0
+    """``target_tokens / step_seconds``."""
+    flops_per_token: float = 0.0
+    """:func:`training_flops_per_token` of the trained model."""
+    matmul_gflops: float = 0.0
+    """The machine's float32 matmul rate (GFLOP/s), :func:`measure_matmul_gflops`."""
+    matmul_share: float = 0.0
+    """``tokens_per_second × flops_per_token`` as a share of ``matmul_gflops``."""
+
+    @property
+    def padding_share(self) -> float:
+        """Share of the padded training batches that was padding."""
+        return 1.0 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
 
     def losses(self, key: str = "loss") -> list[float]:
         """The logged values of ``key`` (``"loss"``, ``"loss_rationale"``, ``"eval_loss"``)."""
@@ -571,6 +790,8 @@ def _rich_progress_callback_cls() -> Any:
             if self._progress is not None and logs:
                 shown = {k: v for k, v in logs.items() if k.startswith(("loss", "eval_loss"))}
                 text = "  ".join(f"{k} {v:.3f}" for k, v in shown.items())
+                if "tokens_per_second" in logs:
+                    text += f"  {logs['tokens_per_second']:.0f} tok/s"
                 self._progress.update(self._task, description=text)
 
         def on_train_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
@@ -589,6 +810,39 @@ def _progress_enabled(progress: bool) -> bool:
     return progress and os.environ.get("FEDCOT_PROGRESS", "1") != "0"
 
 
+def _throughput(trainer: Any, model: Any, matmul_gflops: float | None) -> dict[str, Any]:
+    """The TrainResult fields on speed; logs them in one line."""
+    meter: _Throughput = trainer.throughput
+    flops = training_flops_per_token(model)
+    gflops = float(matmul_gflops) if matmul_gflops else _machine_matmul_gflops()
+    tps = meter.tokens / meter.seconds if meter.seconds > 0 else 0.0
+    share = tps * flops / 1e9 / gflops if gflops > 0 else 0.0
+    logger.info(
+        "training: %.0f tokens/s (%.0f target tokens/s, %.0f %% padding); %.1f GFLOP/s "
+        "at %.3g FLOPs/token = %.1f %% of the float32 matmul rate (%.1f GFLOP/s)",
+        tps,
+        meter.target_tokens / meter.seconds if meter.seconds > 0 else 0.0,
+        100 * (1 - meter.tokens / meter.padded_tokens) if meter.padded_tokens else 0.0,
+        tps * flops / 1e9,
+        flops,
+        100 * share,
+        gflops,
+    )
+    return {
+        "tokens": meter.tokens,
+        "target_tokens": meter.target_tokens,
+        "padded_tokens": meter.padded_tokens,
+        "step_seconds": round(meter.seconds, 4),
+        "tokens_per_second": round(tps, 2),
+        "target_tokens_per_second": round(
+            meter.target_tokens / meter.seconds if meter.seconds > 0 else 0.0, 2
+        ),
+        "flops_per_token": flops,
+        "matmul_gflops": round(gflops, 2),
+        "matmul_share": round(share, 4),
+    }
+
+
 def train_multitask(
     model: Any,
     tokenizer: Any,
@@ -601,6 +855,7 @@ def train_multitask(
     resume: bool = False,
     callbacks: Sequence[Any] = (),
     progress: bool = True,
+    matmul_gflops: float | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` on ``groups`` with the weighted multi-task loss.
 
@@ -609,6 +864,10 @@ def train_multitask(
     on CPU. Checkpoints go to ``output_dir/checkpoints``; ``resume`` continues from the last
     complete one there (a fresh run clears old ones). The final model (LoRA adapter, or the
     full model) and the tokenizer are saved to ``output_dir/adapter``.
+
+    The result reports the training throughput (non-pad and target tokens per second of
+    training steps) and its share of the float32 matmul rate ``matmul_gflops``; when that is
+    not given it is measured once per process (half a second).
     """
     weights = {
         str(k): float(v) for k, v in (loss_weights or default_loss_weights(cfg.alpha)).items()
@@ -682,6 +941,7 @@ def train_multitask(
             output_dir=str(ckpt_dir),
             loss_weights=active,
             max_length=cfg.max_length,
+            length_buckets=cfg.group_by_length,
             per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=cfg.batch_size,
             gradient_accumulation_steps=cfg.grad_accum,
@@ -730,12 +990,14 @@ def train_multitask(
     adapter_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
+    seconds = round(time.perf_counter() - t0, 2)
     return TrainResult(
         model=model,
         output_dir=out,
         adapter_dir=adapter_dir,
         steps=int(trainer.state.global_step),
-        seconds=round(time.perf_counter() - t0, 2),
+        seconds=seconds,
         log_history=list(trainer.state.log_history),
         resumed_from=str(resume_from) if resume_from else None,
+        **_throughput(trainer, model, matmul_gflops),
     )
