@@ -73,10 +73,10 @@ def test_decimals_money_and_percentages() -> None:
     )
 
 
-def test_steps_without_a_stand_in_or_with_server_errors_are_left_alone() -> None:
+def test_steps_without_a_stand_in_are_left_alone_and_server_slips_are_redone() -> None:
     p = _numbers({"6": "9"})
-    text = "First 60 / 2 = 30. Then 9 + 1 = 11 (sic). Finally 30 + 9 = 39."
-    assert inverse_map(text, p) == "First 60 / 2 = 30. Then 6 + 1 = 11 (sic). Finally 30 + 6 = 36."
+    text = "First 60 / 2 = 31. Then 9 + 1 = 11 (sic). Finally 31 + 9 = 39."
+    assert inverse_map(text, p) == "First 60 / 2 = 31. Then 6 + 1 = 7 (sic). Finally 31 + 6 = 37."
 
 
 def test_parenthesised_and_division_steps() -> None:

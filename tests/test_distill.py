@@ -353,7 +353,7 @@ def test_replay_teacher_with_filter_drops_disagreeing_rationales(tmp_path, tiny_
 
 class ArithmeticServer(Backend):
     """A scripted teacher: adds the numbers of the question it receives, step by step
-    (right on 4 of every 5 prompts, off by one on the fifth)."""
+    (subtracts them on every fifth prompt: a wrong plan)."""
 
     model_name = "scripted-adder"
 
@@ -368,9 +368,12 @@ class ArithmeticServer(Backend):
             question = example_block(prompt)
             self.received.append(question)
             a, b = (int(n) for n in re.findall(r"\d+", question)[:2])
-            wrong = len(self.received) % 5 == 0
-            total = a + b + (1 if wrong else 0)
-            text = f"She has {a} and gets {b} more: {a} + {b} = {total}. So the answer is {total}."
+            if len(self.received) % 5 == 0:  # a wrong plan: re-execution cannot save it
+                text = f"She loses {b}: {a} - {b} = {a - b}. So the answer is {a - b}."
+            else:
+                text = (
+                    f"She has {a} and gets {b} more: {a} + {b} = {a + b}. So the answer is {a + b}."
+                )
             out.append(Completion(text, "stop", 0, len(text.split())))
         return out
 
@@ -407,7 +410,7 @@ def test_rationale_stage_counts_fidelity_and_redoes_arithmetic(tmp_path):
     real = {20 + i for i in range(10)} | {7 + 2 * i for i in range(10)}
     assert sum(n not in real for n in sent_numbers) >= 10  # the server saw stand-ins
     assert res.rationales["requested"] == 10
-    assert res.rationales["agree_with_gold"] == 8  # the two wrong sums stay wrong
+    assert res.rationales["agree_with_gold"] == 8  # the two wrong plans stay wrong
     assert res.rationales["fidelity"] == pytest.approx(0.8)
     decoded = [
         json.loads(x)

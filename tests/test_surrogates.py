@@ -158,3 +158,19 @@ def test_magnitude_mechanism_is_metric_dp():
         lx, ly = mech.log_probs(kind, x, eps), mech.log_probs(kind, y, eps)
         d = float(mech.distance(kind, x, np.array([y]))[0])
         assert np.max(np.abs(lx - ly)) <= eps * d + 1e-9
+
+
+def test_magnitude_draws_are_not_pulled_toward_the_dense_top_of_the_grid():
+    """Counts and amounts: the mass a decade below the input matches the mass a decade
+    above, and falls off with distance (the grid has 200 points per decade above 100)."""
+    mech = MagnitudeMechanism()
+    grid = mech.grids["count"]
+    p = np.exp(mech.log_probs("count", 1000.0, 3.0))
+
+    def mass(lo: float, hi: float) -> float:
+        return float(p[(grid >= lo) & (grid < hi)].sum())
+
+    below, above = mass(100, 1000), mass(1001, 10000)
+    assert below == pytest.approx(above, rel=0.15)
+    assert mass(100, 10001) > 0.6
+    assert mass(10001, 1e6) > 5 * mass(1e6, 1e11)

@@ -7,10 +7,10 @@ stand-in (or the result of an earlier rewritten step) is evaluated again with th
 values (:mod:`simpleeval`, no Python ``eval``), its result is rewritten in the server's
 format, and later mentions of the old result take the new one ("so Jack has 12 pens").
 
-A step is re-executed only when the server's own arithmetic on its own numbers checks out
-(within the rounding it wrote); a step the server got wrong, or one this parser misreads,
-has its numbers mapped back and is otherwise left alone. A step that uses no stand-in is
-never touched.
+A step that used a stand-in is re-executed even where the server's own arithmetic on its
+stand-ins was wrong (small teachers slip on large numbers; the plan is what the client wants
+from them). A step that uses no stand-in is never touched, right or wrong. Results are
+rounded to the server's decimals, at least two.
 
 Numbers are compared by value: "$1,200", "1200" and "1200.0" are the same number.
 """
@@ -36,7 +36,7 @@ _STEP_RE = re.compile(
     r"(?![\w]|[.,]\d)"
 )
 _EVAL = SimpleEval(functions={}, names={})
-_EXACT = 12  # a mapped-back original keeps all its digits; a computed result gets 2 more
+_EXACT = 12  # written values keep all their digits (computed ones are rounded already)
 
 
 @dataclass(frozen=True)
@@ -124,15 +124,14 @@ def _rewrite_step(m: re.Match[str], values: dict[Decimal, Decimal]) -> str:
         return m.group()  # a step about the client's own (kept) numbers: not ours to touch
     written = parse_number(rhs)
     assert written is not None
-    server = _evaluate(_python(lhs, None))
-    scale = Decimal(100) if written.percent and server is not None and server < 1 else 1
     new_lhs = _map_numbers(lhs, values)
-    if server is None or not _agrees(server * scale, written):
-        return m.group().replace(lhs, new_lhs, 1)
     redone = _evaluate(_python(lhs, values))
-    if redone is None:
+    if redone is None:  # not arithmetic simpleeval accepts: map the numbers, nothing more
         return m.group().replace(lhs, new_lhs, 1)
-    redone *= scale
+    server = _evaluate(_python(lhs, None))
+    if written.percent and server is not None and not _agrees(server, written):
+        redone *= 100  # "12 / 48 = 25%": the server wrote a fraction as a percentage
+    redone = round(redone, max(written.decimals, 2))
     values[written.value] = redone
     head = m.group()[: m.start("rhs") - m.start()].replace(lhs, new_lhs, 1)
     return head + written.format(redone)

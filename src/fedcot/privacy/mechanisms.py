@@ -484,8 +484,22 @@ def _number_grid(kind: str) -> np.ndarray:
     return default_number_grid()
 
 
+def _log_cell_widths(kind: str, grid: np.ndarray) -> np.ndarray:
+    """log of each grid point's share of the metric's axis (its cell width in d).
+
+    The count and amount grids are denser per decade at large values (0..99, then 200 points
+    per decade); weighting each point by its width makes the draw a discretised Laplace on
+    the log axis, so a stand-in is as likely one decade below as one above instead of being
+    pulled toward the dense top of the grid. A public weight that does not depend on the
+    input leaves the metric-DP bound unchanged.
+    """
+    axis = np.log10(1.0 + grid) if kind in ("amount", "count") else grid / 10.0
+    return np.log(np.gradient(axis))
+
+
 class MagnitudeMechanism:
-    """Metric DP for numbers: P(y | x) ∝ exp(−ε · d(x, y) / 2) on a public grid per kind.
+    """Metric DP for numbers: P(y | x) ∝ w(y) · exp(−ε · d(x, y) / 2) on a public grid per
+    kind, w(y) the width of y's cell on the metric's axis (:func:`_log_cell_widths`).
 
     d is |x − y| / 10 for ages, years and percentages and |log10(1+x) − log10(1+y)| for
     amounts and counts, so for any two inputs P(y|x) / P(y|x') ≤ exp(ε · d(x, x')): an
@@ -498,6 +512,7 @@ class MagnitudeMechanism:
 
     def __init__(self) -> None:
         self.grids = {k: _number_grid(k) for k in NUMBER_KINDS}
+        self.log_weights = {k: _log_cell_widths(k, g) for k, g in self.grids.items()}
 
     @staticmethod
     def distance(kind: str, x: float, grid: np.ndarray) -> np.ndarray:
@@ -509,7 +524,7 @@ class MagnitudeMechanism:
         """Exact log P(y | x = value) over ``self.grids[kind]``."""
         eps_v = float(check_epsilon(eps)[0])
         grid = self.grids[kind]
-        return log_softmax(-eps_v * self.distance(kind, value, grid) / 2.0)
+        return log_softmax(self.log_weights[kind] - eps_v * self.distance(kind, value, grid) / 2.0)
 
     def sample(self, kind: str, value: float, eps: float, u: float) -> float:
         """The grid value drawn for ``value`` with uniform ``u`` in [0, 1)."""
