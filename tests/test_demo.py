@@ -17,7 +17,7 @@ def test_demo_config_maps_onto_a_distill_run(tmp_path):
     d = distill_config(cfg)
     assert d.task == "private-records" and d.data == "synthetic"
     assert d.train_limit == 5 and d.strategy == "adaptive" and d.privacy.epsilon == 2
-    assert d.server.model == "gemma3-270m" and d.student.model == "smollm2-135m-instruct"
+    assert d.server.model == "qwen2.5-coder-0.5b-instruct" and d.student.model == "smollm2-135m-instruct"
     assert d.decoder_name == "inverse-map"
 
 
@@ -40,6 +40,10 @@ def test_demo_runs_the_pipeline_and_leaks_no_sensitive_span(tmp_path):
     )
     summary = run_demo(cfg)
     assert summary["records"] == 4 and summary["after"]["n"] == 2
+    for key in ("rationales", "rationales_non_private"):
+        assert summary[key]["requested"] == 4 and 0 <= summary[key]["fidelity"] <= 1
+    assert summary["gain"]["low"] <= summary["gain"]["mean"] <= summary["gain"]["high"]
+    assert (tmp_path / "demo" / "non_private" / "metrics.json").exists()
     got = summary["server_received"]
     assert got["prompts"] == 4 and got["spans"] > 20 and got["leaked_spans"] == 0
     assert summary["privacy"]["ledger"]["prompts"] == 4

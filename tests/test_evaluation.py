@@ -143,3 +143,18 @@ def test_cot_gets_a_cot_budget_unless_one_is_given():
     assert given.generation.max_new_tokens == 64
     only_temp = EvalConfig(cot=True, generation={"temperature": 0.5})
     assert only_temp.generation.max_new_tokens == COT_MAX_NEW_TOKENS
+
+
+def test_paired_difference_counts_only_items_that_changed():
+    from fedcot.evaluation import paired_difference
+
+    before = [True] * 10 + [False] * 30
+    after = [True] * 10 + [True] * 12 + [False] * 18
+    gain, low, high = paired_difference(before, after)
+    assert gain == pytest.approx(12 / 40)
+    # d has 12 ones and 28 zeros: sd = sqrt(0.3 · 0.7 · 40/39), half-width 1.96 · sd / √40
+    half = 1.96 * (0.3 * 0.7 * 40 / 39) ** 0.5 / 40**0.5
+    assert (low, high) == pytest.approx((gain - half, gain + half))
+    assert paired_difference([True, False], [True, False]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError):
+        paired_difference([True], [True, False])

@@ -242,3 +242,23 @@ def _by_likelihood(
             )
         )
     return out
+
+
+def paired_difference(
+    before: Sequence[bool], after: Sequence[bool], z: float = 1.96
+) -> tuple[float, float, float]:
+    """Accuracy gain ``after − before`` on the same items, with a 95 % paired interval.
+
+    The interval is the normal one on the per-item differences (−1, 0, +1), which accounts
+    for the items both runs got right or wrong; returns (gain, low, high) as fractions.
+    """
+    if len(before) != len(after):
+        raise ValueError("paired accuracies need the same items")
+    n = len(before)
+    if n == 0:
+        return 0.0, -1.0, 1.0
+    diffs = [int(a) - int(b) for b, a in zip(before, after)]
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / max(n - 1, 1)
+    half = z * math.sqrt(var / n)
+    return mean, mean - half, mean + half
