@@ -19,6 +19,9 @@ def test_demo_config_maps_onto_a_distill_run(tmp_path):
     assert d.train_limit == 5 and d.strategy == "adaptive" and d.privacy.epsilon == 2
     assert d.server.model == "qwen2.5-coder-0.5b-instruct" and d.student.model == "smollm2-135m-instruct"
     assert d.decoder_name == "inverse-map"
+    base = distill_config(cfg, non_private=True)
+    assert (base.strategy, base.stage, base.train_limit) == ("none", "rationales", 5)
+    assert base.output_dir == tmp_path / "non_private" and base.server == d.server
 
 
 @pytest.mark.models

@@ -151,18 +151,18 @@ class DemoConfig(_Strict):
     teacher: BackendConfig = Field(
         default_factory=lambda: BackendConfig(model="qwen2.5-coder-0.5b-instruct", batch_size=8)
     )
-    records: int = Field(48, ge=2, le=10000, description="private training records")
+    records: int = Field(32, ge=2, le=10000, description="private training records")
     test_records: int = Field(48, ge=1, le=10000, description="held-out records to evaluate")
     privacy: PerturbConfig = Field(default_factory=PerturbConfig)
     seed: int = 0
     generation: GenerationParams = Field(
-        default_factory=lambda: GenerationParams(max_new_tokens=96),
+        default_factory=lambda: GenerationParams(max_new_tokens=80),
         description="the teacher's generation parameters (rationales)",
     )
     eval_generation: GenerationParams = Field(
         default_factory=lambda: GenerationParams(max_new_tokens=16)
     )
-    train_steps: int = Field(36, ge=1, description="LoRA steps of the student")
+    train_steps: int = Field(24, ge=1, description="LoRA steps of the student")
     learning_rate: float = Field(5e-4, gt=0, description="LoRA learning rate of the student")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the rationale loss")
     output_dir: Path = Path("runs/demo")
