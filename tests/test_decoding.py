@@ -95,3 +95,11 @@ def test_parse_number_reads_decorations() -> None:
     assert (tok.dollar, tok.percent, tok.commas, tok.decimals) == (True, False, True, 2)
     assert tok.format(Decimal(7)) == "$7.00"
     assert parse_number("abc") is None
+
+
+def test_negative_results_and_signed_mentions_follow() -> None:
+    p = _numbers({"14": "36", "2": "6918"})
+    text = "He had 36 and lost 6918: 36 - 6918 = -6652. So the answer is -6652."
+    assert inverse_map(text, p) == "He had 14 and lost 2: 14 - 2 = 12. So the answer is 12."
+    out = reexecute("5-3 = 2, then 2 - 9 = -7", {Decimal(5): Decimal(4)})
+    assert out == "4-3 = 1, then 1 - 9 = -8"

@@ -27,12 +27,15 @@ from simpleeval import SimpleEval
 __all__ = ["NumberToken", "parse_number", "reexecute"]
 
 _NUM = r"\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?"
-#: A number token: not inside a word or another number ("A12", "3.5.1", "2nd" are not).
-NUMBER_RE = re.compile(rf"(?<![\w.,$])(?<![A-Za-z]-)(?:{_NUM})(?![\w]|[.,]\d|-[A-Za-z])")
+#: A number token: not inside a word or another number ("A12", "3.5.1", "2nd" are not); a
+#: minus sign is its own only when attached and not after a word or number ("= -4", not "6-4").
+NUMBER_RE = re.compile(
+    rf"(?<![\w.,$])(?<![A-Za-z]-)(?:-(?=[\d$]))?(?:{_NUM})(?![\w]|[.,]\d|-[A-Za-z])"
+)
 _OP = r"\s*(?:[-+*/×÷xX]|of)\s*"
 _OPERAND = rf"[(\s]*{_NUM}[)\s]*"
 _STEP_RE = re.compile(
-    rf"(?P<lhs>{_OPERAND}(?:{_OP}{_OPERAND})+?)\s*(?:=|equals)\s*(?P<rhs>{_NUM})"
+    rf"(?P<lhs>{_OPERAND}(?:{_OP}{_OPERAND})+?)\s*(?:=|equals)\s*(?P<rhs>-?{_NUM})"
     r"(?![\w]|[.,]\d)"
 )
 _EVAL = SimpleEval(functions={}, names={})
@@ -54,15 +57,19 @@ class NumberToken:
         when ``value`` needs them (up to ``cap`` places beyond the token's own)."""
         natural = max(0, -int(value.normalize().as_tuple().exponent))
         places = max(self.decimals, min(natural, max(cap, self.decimals)))
-        core = f"{value:,.{places}f}" if self.commas else f"{value:.{places}f}"
-        return ("$" if self.dollar else "") + core + ("%" if self.percent else "")
+        size = abs(value)
+        core = f"{size:,.{places}f}" if self.commas else f"{size:.{places}f}"
+        sign = "-" if value < 0 else ""
+        return sign + ("$" if self.dollar else "") + core + ("%" if self.percent else "")
 
 
 def parse_number(text: str) -> NumberToken | None:
     """``"$1,200.50"`` → NumberToken(1200.50, 2 decimals, dollar, no percent, commas)."""
     raw = text.strip()
+    sign = "-" if raw.startswith("-") else ""
+    raw = raw.lstrip("-")
     dollar, percent = raw.startswith("$"), raw.endswith("%")
-    core = raw.lstrip("$").rstrip("%")
+    core = sign + raw.lstrip("$").rstrip("%")
     try:
         value = Decimal(core.replace(",", ""))
     except InvalidOperation:
@@ -82,7 +89,7 @@ def _python(lhs: str, values: Mapping[Decimal, Decimal] | None) -> str | None:
         tok = parse_number(m.group())
         assert tok is not None
         v = values.get(tok.value, tok.value) if values is not None else tok.value
-        return f"({v:f}/100)" if tok.percent else f"{v:f}"
+        return f"({v:f}/100)" if tok.percent else f"({v:f})"
 
     expr = NUMBER_RE.sub(number, lhs)
     expr = re.sub(r"[×xX]", "*", expr).replace("÷", "/")

@@ -29,7 +29,7 @@ from fedcot.cot.cache import AskStats, RationaleCache, ask_cached
 from fedcot.cot.config import DistillConfig
 from fedcot.cot.decoders import DecodeItem, make_decoder, split_conclusion
 from fedcot.cot.templates import fewshot_examples, server_prompt
-from fedcot.data.tasks import Example, Task, get_task
+from fedcot.data.tasks import Example, Task, get_task, has_answer_marker
 from fedcot.errors import ConfigError
 from fedcot.evaluation import evaluate
 from fedcot.models.backends.base import Backend
@@ -577,12 +577,16 @@ def _decode_stage(
     ctx: _Context, decoder: Any, items: list[DecodeItem]
 ) -> tuple[list[Example], dict[str, Any]]:
     """Decode, split each conclusion off, and count the rationale fidelity: the share of
-    decoded rationales whose stated answer is the gold one."""
+    decoded rationales whose stated answer is the gold one (a rationale without an answer
+    marker states none)."""
     cfg, task = ctx.cfg, ctx.task
     rows, examples = [], []
     for it, text in zip(items, decoder.decode(items)):
         body, conclusion = split_conclusion(text)
-        answer = task.extract_answer(conclusion or text, it.example)
+        # A rationale that states no answer (cut at the token cap, or rambling) has none:
+        # the parser's fallbacks would take any number or choice it mentions.
+        stated = has_answer_marker(text)
+        answer = task.extract_answer(conclusion or text, it.example) if stated else None
         ok = task.is_correct(answer, it.example)
         keep = bool(body) and (ok or not cfg.filter)
         rows.append(
