@@ -125,7 +125,7 @@ def report() -> None:
         )
     body = (
         "Share of decoded rationales whose stated answer is the gold one, for the same "
-        "examples sent non-privately and through each strategy (`stage = \"rationales\"`, no "
+        'examples sent non-privately and through each strategy (`stage = "rationales"`, no '
         "student). 'vs non-private' is the ratio to the non-private row of the same teacher. "
         "'no answer': rationales that state none (cut at the token cap or unparsable). "
         "The machine ran other work during some runs; the seconds are the teacher's "

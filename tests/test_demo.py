@@ -17,7 +17,8 @@ def test_demo_config_maps_onto_a_distill_run(tmp_path):
     d = distill_config(cfg)
     assert d.task == "private-records" and d.data == "synthetic"
     assert d.train_limit == 5 and d.strategy == "adaptive" and d.privacy.epsilon == 2
-    assert d.server.model == "qwen2.5-coder-0.5b-instruct" and d.student.model == "smollm2-135m-instruct"
+    assert d.server.model == "qwen2.5-coder-0.5b-instruct"
+    assert d.student.model == "smollm2-135m-instruct"
     assert d.decoder_name == "inverse-map"
     base = distill_config(cfg, non_private=True)
     assert (base.strategy, base.stage, base.train_limit) == ("none", "rationales", 5)
