@@ -20,7 +20,7 @@ def test_defaults_are_valid():
     cfg = load_config(EvalConfig)
     assert cfg.model.model == "smollm2-135m-instruct"
     assert cfg.generation.max_new_tokens == 32
-    assert load_config(DemoConfig).teacher.model == "gemma3-270m"
+    assert load_config(DemoConfig).teacher.model == "qwen2.5-coder-0.5b-instruct"
 
 
 def test_toml_yaml_and_precedence(tmp_path):
@@ -149,3 +149,15 @@ def test_eval_and_distill_score_multiple_choice_candidates_alike():
     eval_task = get_task("cqa", answer_style=ev.answer_style)
     distill_task = get_task(di.task, answer_style=di.answer_style)
     assert eval_task.candidates(ex) == distill_task.candidates(ex) == ex.choices
+
+
+def test_distill_eval_cot_gets_a_cot_budget_and_refuses_likelihood():
+    from fedcot.cot.config import DistillConfig
+    from fedcot.data.tasks import COT_MAX_NEW_TOKENS
+
+    assert DistillConfig(eval_cot=True).eval_generation.max_new_tokens == COT_MAX_NEW_TOKENS
+    chosen = DistillConfig(eval_cot=True, eval_generation={"max_new_tokens": 64})
+    assert chosen.eval_generation.max_new_tokens == 64
+    assert DistillConfig().eval_generation.max_new_tokens == 32
+    with pytest.raises(ValueError, match="eval_cot"):
+        DistillConfig(eval_cot=True, eval_method="likelihood")

@@ -7,8 +7,8 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcot.cot.arithmetic import parse_number, reexecute
 from fedcot.cot.decoders import inverse_map
+from fedcot.data.arithmetic import parse_number, reexecute
 from fedcot.privacy.perturb import Perturbation, UnitDraw
 
 # A FedCoT-E-style word swap on function words, a content-word swap, an entity surrogate.
@@ -103,3 +103,11 @@ def test_negative_results_and_signed_mentions_follow() -> None:
     assert inverse_map(text, p) == "He had 14 and lost 2: 14 - 2 = 12. So the answer is 12."
     out = reexecute("5-3 = 2, then 2 - 9 = -7", {Decimal(5): Decimal(4)})
     assert out == "4-3 = 1, then 1 - 9 = -8"
+
+
+def test_calculator_redoes_every_step_and_the_answer_follows() -> None:
+    from fedcot.data.arithmetic import calculate
+
+    out = calculate("118 EUR + 195 EUR = 225 EUR. Then 225 * 2 = 450.\nSo the answer is 450.")
+    assert out == "118 EUR + 195 EUR = 313 EUR. Then 313 * 2 = 626.\nSo the answer is 626."
+    assert calculate("No steps here, 12 apples.") == "No steps here, 12 apples."

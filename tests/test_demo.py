@@ -28,7 +28,7 @@ def test_demo_config_maps_onto_a_distill_run(tmp_path):
 @pytest.mark.models
 def test_demo_runs_the_pipeline_and_leaks_no_sensitive_span(tmp_path):
     # The embedded student as both client and (small) server keeps this test fast; the
-    # real demo uses gemma3-270m as the server.
+    # real demo uses qwen2.5-coder-0.5b-instruct as the server.
     cfg = load_config(
         DemoConfig,
         None,

@@ -158,3 +158,24 @@ def test_paired_difference_counts_only_items_that_changed():
     assert paired_difference([True, False], [True, False]) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError):
         paired_difference([True], [True, False])
+
+
+def test_calculator_scores_the_plan_with_exact_arithmetic():
+    """The same wrong sum is wrong without the calculator and right with it."""
+    from fedcot.data.tasks import Example, get_task
+    from fedcot.evaluation import evaluate
+    from fedcot.models.backends.base import Backend, Completion
+
+    class Adder(Backend):
+        model_name = "adder"
+
+        def generate(self, prompts, params=None):
+            text = "12 + 19 = 30. So the answer is 30."
+            return [Completion(text, "stop", 0, 9) for _ in prompts]
+
+    task, ex = get_task("svamp"), [Example("1", "Add 12 and 19.", "31")]
+    plain = evaluate(Adder(), task, ex, cot=True, progress=False)
+    helped = evaluate(Adder(), task, ex, cot=True, calculator=True, progress=False)
+    assert (plain.correct, helped.correct) == (0, 1)
+    assert helped.predictions[0].calculated == "12 + 19 = 31. So the answer is 31."
+    assert helped.predictions[0].output == "12 + 19 = 30. So the answer is 30."

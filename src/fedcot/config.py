@@ -159,8 +159,18 @@ class DemoConfig(_Strict):
         default_factory=lambda: GenerationParams(max_new_tokens=80),
         description="the teacher's generation parameters (rationales)",
     )
+    eval_cot: bool = Field(
+        True,
+        description="score the student by its chain of thought (the rationale task it "
+        "learns); false: by a bare answer (the label task)",
+    )
+    eval_calculator: bool = Field(
+        True,
+        description="redo the arithmetic of the student's chain of thought exactly before "
+        "reading its answer: what is scored is the plan the student learned",
+    )
     eval_generation: GenerationParams = Field(
-        default_factory=lambda: GenerationParams(max_new_tokens=16)
+        default_factory=lambda: GenerationParams(max_new_tokens=64)
     )
     train_steps: int = Field(24, ge=1, description="LoRA steps of the student")
     learning_rate: float = Field(5e-4, gt=0, description="LoRA learning rate of the student")

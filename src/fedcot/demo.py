@@ -59,6 +59,8 @@ def distill_config(cfg: DemoConfig, *, non_private: bool = False) -> Any:
             "stage": "rationales" if non_private else "all",
             "generation": cfg.generation.model_dump(),
             "eval_generation": cfg.eval_generation.model_dump(),
+            "eval_cot": cfg.eval_cot,
+            "eval_calculator": cfg.eval_cot and cfg.eval_calculator,
             "train": {
                 "max_steps": cfg.train_steps,
                 "batch_size": 4,

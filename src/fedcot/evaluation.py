@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from rich.table import Table
 
+from fedcot.data.arithmetic import calculate
 from fedcot.data.tasks import COT_MAX_NEW_TOKENS, Example, Task, has_answer_marker
 from fedcot.errors import ConfigError
 from fedcot.models.backends.base import Backend, GenerationParams
@@ -42,6 +43,7 @@ class Prediction:
     output: str
     finish_reason: str | None = None
     scores: list[float] | None = None
+    calculated: str | None = None  # the output with its arithmetic redone (calculator on)
 
 
 @dataclass
@@ -101,11 +103,14 @@ def evaluate(
     chat: bool | None = None,
     fewshot: Sequence[Example] = (),
     cot: bool = False,
+    calculator: bool = False,
     progress: bool = True,
 ) -> EvalResult:
     """Score ``backend`` on ``examples``.
 
-    ``generate``: greedy (by default) generation, then the task's answer parser.
+    ``generate``: greedy (by default) generation, then the task's answer parser; with
+    ``calculator`` every ``a op b = c`` step of the output gets its exact result before
+    parsing (:func:`fedcot.data.arithmetic.calculate`: the model's plan, exact arithmetic).
     ``likelihood``: the candidate answer with the highest log-likelihood (tasks with a fixed
     answer set only; needs a backend with ``loglikelihood``, i.e. the in-process one).
     """
@@ -123,7 +128,7 @@ def evaluate(
     prompts = [task.prompt(ex, chat=use_chat, fewshot=fewshot, cot=cot) for ex in examples]
     t0 = time.perf_counter()
     if method == "generate":
-        preds = _by_generation(backend, task, examples, prompts, params, progress)
+        preds = _by_generation(backend, task, examples, prompts, params, progress, calculator)
     elif method == "likelihood":
         preds = _by_likelihood(backend, task, examples, prompts, progress)
     else:
@@ -154,6 +159,7 @@ def _by_generation(
     prompts: Sequence[Any],
     params: GenerationParams,
     progress: bool,
+    calculator: bool = False,
 ) -> list[Prediction]:
     set_progress = getattr(backend, "set_progress", None)
     if progress and set_progress is not None:
@@ -167,7 +173,8 @@ def _by_generation(
         completions = backend.generate(prompts, params)
     out = []
     for ex, c in zip(examples, completions):
-        pred = _answer_of(task, c.text, c.finish_reason, ex)
+        text = calculate(c.text) if calculator else c.text
+        pred = _answer_of(task, text, c.finish_reason, ex)
         out.append(
             Prediction(
                 id=ex.id,
@@ -176,6 +183,7 @@ def _by_generation(
                 correct=task.is_correct(pred, ex),
                 output=c.text,
                 finish_reason=c.finish_reason,
+                calculated=text if calculator else None,
             )
         )
     return out

@@ -263,6 +263,8 @@ class DistillResult:
 
 
 def _eval_method(cfg: DistillConfig, task: Task, ex: Example) -> str:
+    if cfg.eval_cot:
+        return "generate"
     if cfg.eval_method != "auto":
         return cfg.eval_method
     return "likelihood" if task.candidates(ex) else "generate"
@@ -428,6 +430,8 @@ def _evaluate_stage(ctx: _Context, backend: Backend, test: list[Example], name: 
                 method=_eval_method(ctx.cfg, ctx.task, test[0]),  # type: ignore[arg-type]
                 params=ctx.cfg.eval_generation,
                 chat=ctx.student().supports_chat,
+                cot=ctx.cfg.eval_cot,
+                calculator=ctx.cfg.eval_calculator,
                 progress=ctx.progress,
             )
             res.write_predictions(ctx.run.path / "eval" / f"{name}_predictions.jsonl")
@@ -435,7 +439,8 @@ def _evaluate_stage(ctx: _Context, backend: Backend, test: list[Example], name: 
             return res.summary()
 
         summary = ctx.timed(f"eval_{name}", score)
-    method = _eval_method(ctx.cfg, ctx.task, test[0])
+    method = _eval_method(ctx.cfg, ctx.task, test[0]) + (", CoT" if ctx.cfg.eval_cot else "")
+    method += ", calculator" if ctx.cfg.eval_calculator else ""
     ctx.console.print(f"{name} training: {100 * summary['accuracy']:.1f} % ({method})")
     return summary
 

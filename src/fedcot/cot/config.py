@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from fedcot.config import BackendConfig, DataFields, _Strict, data_fields
 from fedcot.cot.encoder_decoder import EncoderDecoderConfig
+from fedcot.data.tasks import COT_MAX_NEW_TOKENS
 from fedcot.models.backends.base import GenerationParams
 from fedcot.privacy.perturb import PerturbConfig
 from fedcot.train.multitask import TrainConfig
@@ -56,6 +57,16 @@ class DistillConfig(_Strict):
         description="the server's generation parameters",
     )
     eval_method: Literal["auto", "likelihood", "generate"] = "auto"
+    eval_cot: bool = Field(
+        False,
+        description="score the student by its chain of thought: the rationale task's prompt, "
+        "generated and parsed (the label task's prompt otherwise)",
+    )
+    eval_calculator: bool = Field(
+        False,
+        description="with eval_cot: redo the arithmetic of the student's chain of thought "
+        "exactly before its answer is read (the student's plan, a calculator's results)",
+    )
     eval_before: bool = True
     eval_generation: GenerationParams = Field(
         default_factory=lambda: GenerationParams(max_new_tokens=32)
@@ -84,6 +95,15 @@ class DistillConfig(_Strict):
             )
         if self.student.kind != "transformers":
             raise ValueError("student.kind must be 'transformers' (the client trains it)")
+        if self.eval_cot and self.eval_method == "likelihood":
+            raise ValueError("eval_cot generates a chain of thought: use eval_method 'generate'")
+        explicit = "eval_generation" in self.model_fields_set and (
+            "max_new_tokens" in self.eval_generation.model_fields_set
+        )
+        if self.eval_cot and not explicit:
+            self.eval_generation = self.eval_generation.model_copy(
+                update={"max_new_tokens": COT_MAX_NEW_TOKENS}
+            )
         dec = self.decoder_name
         if dec == "inverse-map" and self.strategy not in ("exponential", "adaptive"):
             raise ValueError("decoder 'inverse-map' needs strategy 'exponential' or 'adaptive'")

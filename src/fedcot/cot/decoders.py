@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
-from fedcot.cot.arithmetic import NUMBER_RE, parse_number, reexecute
+from fedcot.data.arithmetic import NUMBER_RE, parse_number, reexecute
 from fedcot.data.tasks import COT_ANSWER_PREFIX, Example
 from fedcot.errors import ConfigError
 from fedcot.models.backends.base import Backend, GenerationParams
@@ -156,7 +156,7 @@ def inverse_map(text: str, perturbation: Perturbation) -> str:
     2. Stand-ins that can be told from the server's own words (:func:`_literal_table`) are
        replaced by their originals, longest first, in one pass, keeping their casing.
     3. Numbers: stand-in values are mapped back and every arithmetic step that used one is
-       re-executed with the original values (:func:`fedcot.cot.arithmetic.reexecute`), so the
+       re-executed with the original values (:func:`fedcot.data.arithmetic.reexecute`), so the
        results and the stated answer follow.
     No other word of the server's text changes.
     """

@@ -24,7 +24,7 @@ from decimal import Decimal, InvalidOperation
 
 from simpleeval import SimpleEval
 
-__all__ = ["NumberToken", "parse_number", "reexecute"]
+__all__ = ["NumberToken", "calculate", "parse_number", "reexecute"]
 
 _NUM = r"\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?"
 #: A number token: not inside a word or another number ("A12", "3.5.1", "2nd" are not); a
@@ -33,7 +33,8 @@ NUMBER_RE = re.compile(
     rf"(?<![\w.,$])(?<![A-Za-z]-)(?:-(?=[\d$]))?(?:{_NUM})(?![\w]|[.,]\d|-[A-Za-z])"
 )
 _OP = r"\s*(?:[-+*/×÷xX]|of)\s*"
-_OPERAND = rf"[(\s]*{_NUM}[)\s]*"
+_UNIT = r"(?:\s*(?:[A-Z]{3}|€|£)(?![\w]))?"  # "118 EUR + 195 EUR": a currency after a number
+_OPERAND = rf"[(\s]*{_NUM}{_UNIT}[)\s]*"
 _STEP_RE = re.compile(
     rf"(?P<lhs>{_OPERAND}(?:{_OP}{_OPERAND})+?)\s*(?:=|equals)\s*(?P<rhs>-?{_NUM})"
     r"(?![\w]|[.,]\d)"
@@ -91,7 +92,7 @@ def _python(lhs: str, values: Mapping[Decimal, Decimal] | None) -> str | None:
         v = values.get(tok.value, tok.value) if values is not None else tok.value
         return f"({v:f}/100)" if tok.percent else f"({v:f})"
 
-    expr = NUMBER_RE.sub(number, lhs)
+    expr = NUMBER_RE.sub(number, re.sub(r"\b[A-Z]{3}\b|[€£]", " ", lhs))
     expr = re.sub(r"[×xX]", "*", expr).replace("÷", "/")
     return re.sub(r"\bof\b", "*", expr)
 
@@ -124,10 +125,10 @@ def _map_numbers(text: str, values: Mapping[Decimal, Decimal]) -> str:
     return NUMBER_RE.sub(back, text)
 
 
-def _rewrite_step(m: re.Match[str], values: dict[Decimal, Decimal]) -> str:
+def _rewrite_step(m: re.Match[str], values: dict[Decimal, Decimal], every: bool) -> str:
     lhs, rhs = m.group("lhs"), m.group("rhs")
     used = [parse_number(n.group()) for n in NUMBER_RE.finditer(lhs)]
-    if not any(t is not None and t.value in values for t in used):
+    if not every and not any(t is not None and t.value in values for t in used):
         return m.group()  # a step about the client's own (kept) numbers: not ours to touch
     written = parse_number(rhs)
     assert written is not None
@@ -144,18 +145,32 @@ def _rewrite_step(m: re.Match[str], values: dict[Decimal, Decimal]) -> str:
     return head + written.format(redone)
 
 
-def reexecute(text: str, substitutions: Mapping[Decimal, Decimal]) -> str:
+def reexecute(
+    text: str, substitutions: Mapping[Decimal, Decimal], *, every_step: bool = False
+) -> str:
     """``text`` with stand-in numbers mapped back and dependent steps recomputed.
 
     ``substitutions`` maps each stand-in value to the original value it replaced.
+    ``every_step``: recompute every step, not only those that used a substitution (a
+    calculator for a model's own chain of thought: :func:`calculate`).
     """
-    if not substitutions:
+    if not substitutions and not every_step:
         return text
     values = dict(substitutions)
     out, pos = [], 0
     for m in _STEP_RE.finditer(text):
         out.append(_map_numbers(text[pos : m.start()], values))
-        out.append(_rewrite_step(m, values))
+        out.append(_rewrite_step(m, values, every_step))
         pos = m.end()
     out.append(_map_numbers(text[pos:], values))
     return "".join(out)
+
+
+def calculate(text: str) -> str:
+    """A calculator over a chain of thought: every ``a op b = c`` step gets its exact result
+    and later mentions of a corrected result (the stated answer included) follow it.
+
+    ``"118 + 195 = 225. So the answer is 225."`` → ``"118 + 195 = 313. So the answer is
+    313."`` The plan (which numbers to combine, and how) stays the model's.
+    """
+    return reexecute(text, {}, every_step=True)
