@@ -71,15 +71,14 @@ def run_one(task: str, strategy: str, server: Any, args: argparse.Namespace) -> 
     from fedcot.cot.config import DistillConfig
 
     cfg = DistillConfig.model_validate(run_config(task, strategy, args))
-    metrics = Path(cfg.output_dir) / "metrics.json"
-    if metrics.exists() and not args.again:
+    folder = Path(cfg.output_dir)
+    metrics = folder / "metrics.json"
+    stored = folder / "config.yaml"
+    if stored.exists() and stored.read_text() != dump_config(cfg):
+        _keep_only_cache(folder)  # another n or budget: the cached answers stay valid
+    elif metrics.exists() and not args.again:
         print(f"{task}/{strategy}: done already ({metrics})")
         return
-    folder = Path(cfg.output_dir)
-    if (folder / "config.yaml").exists() and (folder / "config.yaml").read_text() != dump_config(
-        cfg
-    ):
-        _keep_only_cache(folder)  # another n or budget: the cached answers stay valid
     earlier = json.loads(metrics.read_text())["server"] if metrics.exists() else None
     t0 = time.perf_counter()
     res = run_distill(cfg, server=server, resume=folder.exists(), progress=True)
