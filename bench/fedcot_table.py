@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -187,12 +186,11 @@ def _load(task: str) -> dict[tuple[str, int], dict[str, Any]]:
 
 def _paired(a: dict[str, bool], b: dict[str, bool]) -> tuple[float, float, float]:
     """Mean paired difference a − b (points) with a normal 95 % interval."""
+    from fedcot.evaluation import paired_difference
+
     ids = sorted(set(a) & set(b))
-    d = [float(a[i]) - float(b[i]) for i in ids]
-    mean = statistics.fmean(d)
-    sd = statistics.stdev(d) if len(d) > 1 else 0.0
-    half = 1.96 * sd / math.sqrt(len(d))
-    return 100 * mean, 100 * (mean - half), 100 * (mean + half)
+    mean, low, high = paired_difference([b[i] for i in ids], [a[i] for i in ids])
+    return 100 * mean, 100 * low, 100 * high
 
 
 def report() -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import time
@@ -68,13 +67,11 @@ def _correct(task: str, row: str, round_no: int, party: str) -> dict[str, bool]:
 
 def _paired(a: dict[str, bool], b: dict[str, bool]) -> str:
     """a − b in points with a 95 % normal interval on the paired differences."""
+    from fedcot.evaluation import paired_difference
+
     ids = sorted(set(a) & set(b))
-    d = [int(a[i]) - int(b[i]) for i in ids]
-    n = len(d)
-    mean = sum(d) / n
-    var = sum((x - mean) ** 2 for x in d) / max(n - 1, 1)
-    half = 1.96 * math.sqrt(var / n)
-    return f"{100 * mean:+.1f} ({100 * (mean - half):+.1f} to {100 * (mean + half):+.1f})"
+    mean, low, high = paired_difference([b[i] for i in ids], [a[i] for i in ids])
+    return f"{100 * mean:+.1f} ({100 * low:+.1f} to {100 * high:+.1f})"
 
 
 def _pct(m: dict) -> str:

@@ -310,9 +310,10 @@ def run_distill(
     if cfg.needs_server:
         got = _rationale_stage(ctx, recorded, train, server)
     train_info: dict[str, Any] = {}
+    history: list[dict[str, Any]] = []
     after = None
     if cfg.stage == "all":
-        trained, train_info = _train_stage(ctx, got.examples, test)
+        trained, train_info, history = _train_stage(ctx, got.examples, test)
         after = _evaluate_stage(ctx, trained, test, "after")
     out = DistillResult(
         before=before,
@@ -326,7 +327,7 @@ def run_distill(
     )
     write_json(ctx.run.metrics, out.to_dict())
     if cfg.stage == "all":
-        _plots(ctx.run, train_info.pop("log_history"), before, after)
+        _plots(ctx.run, history, before, after)
     ctx.finish(manifest, got)
     return out
 
@@ -439,9 +440,9 @@ def _evaluate_stage(ctx: _Context, backend: Backend, test: list[Example], name: 
             return res.summary()
 
         summary = ctx.timed(f"eval_{name}", score)
-    method = _eval_method(ctx.cfg, ctx.task, test[0]) + (", CoT" if ctx.cfg.eval_cot else "")
-    method += ", calculator" if ctx.cfg.eval_calculator else ""
-    ctx.console.print(f"{name} training: {100 * summary['accuracy']:.1f} % ({method})")
+    how = summary["method"] + (", CoT" if ctx.cfg.eval_cot else "")
+    how += ", calculator" if ctx.cfg.eval_calculator else ""
+    ctx.console.print(f"{name} training: {100 * summary['accuracy']:.1f} % ({how})")
     return summary
 
 
@@ -639,8 +640,9 @@ def fidelity_summary(rows: Sequence[dict[str, Any]], filter_on: bool) -> dict[st
 
 def _train_stage(
     ctx: _Context, examples: list[Example], test: list[Example]
-) -> tuple[Backend, dict[str, Any]]:
-    """Multi-task LoRA training of the student; returns the trained model as a backend."""
+) -> tuple[Backend, dict[str, Any], list[dict[str, Any]]]:
+    """Multi-task LoRA training of the student: the trained model as a backend, what the
+    run reports of the training, and its log history (for the plots)."""
     from fedcot.models.backends.transformers import TransformersBackend
     from fedcot.train.multitask import multitask_items, train_multitask
 
@@ -669,7 +671,6 @@ def _train_stage(
         "adapter": str(result.adapter_dir),
         "groups": len(groups),
         "with_rationale": sum(1 for g in groups if any(it.kind == "rationale" for it in g)),
-        "log_history": result.log_history,
     }
     trained = TransformersBackend(
         result.model,
@@ -677,7 +678,7 @@ def _train_stage(
         name=f"{cfg.student.model}+fedcot",
         batch_size=cfg.student.batch_size,
     )
-    return trained, info
+    return trained, info, result.log_history
 
 
 def _encoder_decoder(

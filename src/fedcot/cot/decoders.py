@@ -20,6 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Literal, Protocol
 
 from fedcot.data.arithmetic import NUMBER_RE, parse_number, reexecute
@@ -79,6 +80,7 @@ class Decoder(Protocol):
     def decode(self, items: Sequence[DecodeItem]) -> list[str]: ...
 
 
+@lru_cache(maxsize=1)
 def _common_words() -> frozenset[str]:
     """The language's most frequent words: the server's own words, never decoded alone."""
     from wordfreq import top_n_list
@@ -87,6 +89,7 @@ def _common_words() -> frozenset[str]:
 
 
 _COMMON_WORDS = 150
+_SEPARATOR = "\n\ue000\n"  # private-use: never in a rationale, never a number boundary
 
 
 def _is_number(text: str) -> bool:
@@ -170,9 +173,6 @@ def inverse_map(text: str, perturbation: Perturbation) -> str:
     joined = reexecute(parts[0] + _SEPARATOR + parts[1], _number_table(perturbation))
     new_body, new_answer = joined.split(_SEPARATOR, 1)
     return new_body + cut.group() + new_answer if cut else new_body
-
-
-_SEPARATOR = "\n\ue000\n"  # private-use: never in a rationale, never a number boundary
 
 
 class IdentityDecoder:

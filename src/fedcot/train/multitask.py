@@ -665,16 +665,27 @@ class TrainResult:
     """Cells of those steps' padded batches: tokens plus padding."""
     step_seconds: float = 0.0
     """Seconds inside training steps (forward, backward, optimizer step)."""
-    tokens_per_second: float = 0.0
-    """``tokens / step_seconds``."""
-    target_tokens_per_second: float = 0.0
-    """``target_tokens / step_seconds``."""
     flops_per_token: float = 0.0
     """:func:`training_flops_per_token` of the trained model."""
     matmul_gflops: float = 0.0
     """The machine's float32 matmul rate (GFLOP/s), :func:`measure_matmul_gflops`."""
-    matmul_share: float = 0.0
-    """``tokens_per_second × flops_per_token`` as a share of ``matmul_gflops``."""
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Non-pad input tokens per second of training steps."""
+        return self.tokens / self.step_seconds if self.step_seconds > 0 else 0.0
+
+    @property
+    def target_tokens_per_second(self) -> float:
+        """Target tokens per second of training steps."""
+        return self.target_tokens / self.step_seconds if self.step_seconds > 0 else 0.0
+
+    @property
+    def matmul_share(self) -> float:
+        """``tokens_per_second × flops_per_token`` as a share of ``matmul_gflops``."""
+        if self.matmul_gflops <= 0:
+            return 0.0
+        return self.tokens_per_second * self.flops_per_token / 1e9 / self.matmul_gflops
 
     @property
     def padding_share(self) -> float:
@@ -811,36 +822,32 @@ def _progress_enabled(progress: bool) -> bool:
 
 
 def _throughput(trainer: Any, model: Any, matmul_gflops: float | None) -> dict[str, Any]:
-    """The TrainResult fields on speed; logs them in one line."""
+    """The TrainResult fields on speed (the rates are derived from them)."""
     meter: _Throughput = trainer.throughput
-    flops = training_flops_per_token(model)
-    gflops = float(matmul_gflops) if matmul_gflops else _machine_matmul_gflops()
-    tps = meter.tokens / meter.seconds if meter.seconds > 0 else 0.0
-    share = tps * flops / 1e9 / gflops if gflops > 0 else 0.0
-    logger.info(
-        "training: %.0f tokens/s (%.0f target tokens/s, %.0f %% padding); %.1f GFLOP/s "
-        "at %.3g FLOPs/token = %.1f %% of the float32 matmul rate (%.1f GFLOP/s)",
-        tps,
-        meter.target_tokens / meter.seconds if meter.seconds > 0 else 0.0,
-        100 * (1 - meter.tokens / meter.padded_tokens) if meter.padded_tokens else 0.0,
-        tps * flops / 1e9,
-        flops,
-        100 * share,
-        gflops,
-    )
     return {
         "tokens": meter.tokens,
         "target_tokens": meter.target_tokens,
         "padded_tokens": meter.padded_tokens,
         "step_seconds": round(meter.seconds, 4),
-        "tokens_per_second": round(tps, 2),
-        "target_tokens_per_second": round(
-            meter.target_tokens / meter.seconds if meter.seconds > 0 else 0.0, 2
+        "flops_per_token": training_flops_per_token(model),
+        "matmul_gflops": round(
+            float(matmul_gflops) if matmul_gflops else _machine_matmul_gflops(), 2
         ),
-        "flops_per_token": flops,
-        "matmul_gflops": round(gflops, 2),
-        "matmul_share": round(share, 4),
     }
+
+
+def _log_throughput(r: TrainResult) -> None:
+    logger.info(
+        "training: %.0f tokens/s (%.0f target tokens/s, %.0f %% padding); %.1f GFLOP/s "
+        "at %.3g FLOPs/token = %.1f %% of the float32 matmul rate (%.1f GFLOP/s)",
+        r.tokens_per_second,
+        r.target_tokens_per_second,
+        100 * r.padding_share,
+        r.tokens_per_second * r.flops_per_token / 1e9,
+        r.flops_per_token,
+        100 * r.matmul_share,
+        r.matmul_gflops,
+    )
 
 
 def train_multitask(
@@ -991,7 +998,7 @@ def train_multitask(
     model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
     seconds = round(time.perf_counter() - t0, 2)
-    return TrainResult(
+    result = TrainResult(
         model=model,
         output_dir=out,
         adapter_dir=adapter_dir,
@@ -1001,3 +1008,5 @@ def train_multitask(
         resumed_from=str(resume_from) if resume_from else None,
         **_throughput(trainer, model, matmul_gflops),
     )
+    _log_throughput(result)
+    return result
