@@ -45,8 +45,7 @@ def test_conclusion_marker_and_function_words_survive() -> None:
 
 
 def _numbers(pairs: dict[str, str]) -> Perturbation:
-    units = [UnitDraw(o, s, "number", 1.0, "number") for o, s in pairs.items()]
-    return Perturbation("n", "", "", units, dict(pairs))
+    return _number_units(list(pairs.items()))
 
 
 def test_chained_steps_follow_the_original_numbers() -> None:
@@ -59,6 +58,28 @@ def test_chained_steps_follow_the_original_numbers() -> None:
         "Jack had 8 pens and bought 4 more: 8 + 4 = 12. He gave 3 away: 12 - 3 = 9. "
         "Twice that is 9 * 2 = 18. So the answer is 18."
     )
+
+
+def _number_units(pairs: list[tuple[str, str]]) -> Perturbation:
+    units = [UnitDraw(o, s, "number", 1.0, "number") for o, s in pairs]
+    return Perturbation("n", "", "", units, dict(pairs))
+
+
+def test_a_stand_in_shared_by_two_numbers_is_decoded_in_turn() -> None:
+    """The mechanism drew 5 for both 20 and 7 (or drew 7 for 20 next to a kept 7): the
+    mentions are decoded in prompt order, and the steps are redone on the right numbers."""
+    text = "She has 5 and gets 5 more: 5 + 5 = 10. So the answer is 10."
+    want = "She has 20 and gets 7 more: 20 + 7 = 27. So the answer is 27."
+    assert inverse_map(text, _number_units([("20", "5"), ("7", "5")])) == want
+    kept = _number_units([("20", "7"), ("7", "7")])
+    assert inverse_map(text.replace("5", "7").replace("10", "14"), kept) == want
+    # from the step whose result is the stand-in's value on, mentions are that result's
+    zeros = _number_units([("26", "0"), ("19", "0")])
+    assert inverse_map("She has 0 and gets 0 more: 0 + 0 = 0. So the answer is 0.", zeros) == (
+        "She has 26 and gets 19 more: 26 + 19 = 45. So the answer is 45."
+    )
+    # a stand-in shared by one number only stays a plain substitution
+    assert inverse_map("5 + 5 = 10.", _number_units([("3", "5"), ("3", "5")])) == "3 + 3 = 6."
 
 
 def test_decimals_money_and_percentages() -> None:

@@ -23,7 +23,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Literal, Protocol
 
-from fedcot.data.arithmetic import NUMBER_RE, parse_number, reexecute
+from fedcot.data.arithmetic import NUMBER_RE, parse_number, reexecute, step_results
 from fedcot.data.tasks import COT_ANSWER_PREFIX, Example
 from fedcot.errors import ConfigError
 from fedcot.models.backends.base import Backend, GenerationParams
@@ -122,16 +122,61 @@ def _literal_table(perturbation: Perturbation) -> dict[str, str]:
     return table
 
 
-def _number_table(perturbation: Perturbation) -> dict[Decimal, Decimal]:
-    """Stand-in value → original value, for numbers a mechanism replaced (first wins)."""
-    table: dict[Decimal, Decimal] = {}
+def _number_table(perturbation: Perturbation) -> dict[Decimal, list[Decimal]]:
+    """Stand-in value → the original values written as it, in the order of the prompt.
+
+    Two originals when the mechanism drew the same stand-in for two different numbers, or
+    drew for one number the value another kept ("7 and 7" for "20 and 7")."""
+    table: dict[Decimal, list[Decimal]] = {}
     for d in perturbation.units:
-        if d.output == d.original or not (_is_number(d.output) and _is_number(d.original)):
+        if not (_is_number(d.output) and _is_number(d.original)):
             continue
         out, orig = parse_number(d.output), parse_number(d.original)
         assert out is not None and orig is not None
-        table.setdefault(out.value, orig.value)
-    return table
+        originals = table.setdefault(out.value, [])
+        if orig.value not in originals:
+            originals.append(orig.value)
+    return {v: o for v, o in table.items() if o != [v]}
+
+
+def _split_shared_stand_ins(
+    text: str, table: dict[Decimal, list[Decimal]]
+) -> tuple[str, dict[Decimal, Decimal]]:
+    """``text`` and a one-to-one substitution table for :func:`reexecute`.
+
+    A stand-in shared by several originals is decoded in turn: its k-th mention in the text
+    stands for the (k mod n)-th original in prompt order (servers restate a question's
+    numbers in its order). Each mention gets a placeholder value of its own, absent from
+    the text, so that the steps using it are redone on the right original. A guess where the
+    server mentions them in another order; the only one that can be right at all where the
+    first original always won. From the first step whose result is the stand-in's value
+    ("0 + 0 = 0") on, its mentions are that result's, left to :func:`reexecute`.
+    """
+    shared = {v: o for v, o in table.items() if len(o) > 1}
+    single = {v: o[0] for v, o in table.items() if len(o) == 1}
+    if not shared:
+        return text, single
+    seen = {t.value for m in NUMBER_RE.finditer(text) if (t := parse_number(m.group()))}
+    fresh = (Decimal(900_000_001 + k) for k in range(10**6))
+    counts: dict[Decimal, int] = {}
+    result_at: dict[Decimal, int] = {}
+    for pos, value in reversed(step_results(text)):
+        result_at[value] = pos
+
+    def placeholder(m: re.Match[str]) -> str:
+        tok = parse_number(m.group())
+        if (
+            tok is None
+            or tok.value not in shared
+            or m.start() >= result_at.get(tok.value, len(text))
+        ):
+            return m.group()
+        k = counts[tok.value] = counts.get(tok.value, -1) + 1
+        value = next(v for v in fresh if v not in seen and v not in single)
+        single[value] = shared[tok.value][k % len(shared[tok.value])]
+        return tok.format(value, cap=0)
+
+    return NUMBER_RE.sub(placeholder, text), single
 
 
 def _replace_literals(text: str, table: dict[str, str]) -> str:
@@ -160,7 +205,8 @@ def inverse_map(text: str, perturbation: Perturbation) -> str:
        replaced by their originals, longest first, in one pass, keeping their casing.
     3. Numbers: stand-in values are mapped back and every arithmetic step that used one is
        re-executed with the original values (:func:`fedcot.data.arithmetic.reexecute`), so the
-       results and the stated answer follow.
+       results and the stated answer follow. A stand-in drawn for two different numbers is
+       decoded in turn, in prompt order (:func:`_split_shared_stand_ins`).
     No other word of the server's text changes.
     """
     table = _literal_table(perturbation)
@@ -170,7 +216,10 @@ def inverse_map(text: str, perturbation: Perturbation) -> str:
     answer = text[cut.end() :] if cut else ""
     parts = [_replace_literals(body, table), _replace_literals(answer, table)]
     # The numbers are redone across body and answer together; the marker stays outside.
-    joined = reexecute(parts[0] + _SEPARATOR + parts[1], _number_table(perturbation))
+    joined, numbers = _split_shared_stand_ins(
+        parts[0] + _SEPARATOR + parts[1], _number_table(perturbation)
+    )
+    joined = reexecute(joined, numbers)
     new_body, new_answer = joined.split(_SEPARATOR, 1)
     return new_body + cut.group() + new_answer if cut else new_body
 

@@ -24,7 +24,7 @@ from decimal import Decimal, InvalidOperation
 
 from simpleeval import SimpleEval
 
-__all__ = ["NumberToken", "calculate", "parse_number", "reexecute"]
+__all__ = ["NumberToken", "calculate", "parse_number", "reexecute", "step_results"]
 
 _NUM = r"\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?"
 #: A number token: not inside a word or another number ("A12", "3.5.1", "2nd" are not); a
@@ -143,6 +143,16 @@ def _rewrite_step(m: re.Match[str], values: dict[Decimal, Decimal], every: bool)
     values[written.value] = redone
     head = m.group()[: m.start("rhs") - m.start()].replace(lhs, new_lhs, 1)
     return head + written.format(redone)
+
+
+def step_results(text: str) -> list[tuple[int, Decimal]]:
+    """The position and value of each step result in ``text`` ("3 + 4 = 7": 7's)."""
+    out = []
+    for m in _STEP_RE.finditer(text):
+        tok = parse_number(m.group("rhs"))
+        assert tok is not None
+        out.append((m.start("rhs"), tok.value))
+    return out
 
 
 def reexecute(
