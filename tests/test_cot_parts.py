@@ -205,6 +205,11 @@ def test_inverse_map_restores_stand_ins_with_their_casing():
 def test_split_conclusion():
     assert split_conclusion("A. B. So the answer is (c) x.") == ("A. B.", "So the answer is (c) x.")
     assert split_conclusion("no marker here") == ("no marker here", "")
+    # arithmetic written inside the conclusion is reasoning: the body keeps it
+    assert split_conclusion("She spent 12 and 30. So the answer is 12 + 30 = 42 EUR.") == (
+        "She spent 12 and 30. 12 + 30 = 42.",
+        "So the answer is 12 + 30 = 42 EUR.",
+    )
     body, tail = split_conclusion("The answer is 3. Wait, so the answer is 4.")
     assert tail == "so the answer is 4." and body == "The answer is 3. Wait,"
 

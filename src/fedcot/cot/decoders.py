@@ -23,7 +23,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Literal, Protocol
 
-from fedcot.data.arithmetic import NUMBER_RE, parse_number, reexecute, step_results
+from fedcot.data.arithmetic import NUMBER_RE, arithmetic_steps, parse_number, reexecute
 from fedcot.data.tasks import COT_ANSWER_PREFIX, Example
 from fedcot.errors import ConfigError
 from fedcot.models.backends.base import Backend, GenerationParams
@@ -53,12 +53,16 @@ def split_conclusion(text: str) -> tuple[str, str]:
     """``"<body> So the answer is (c) x."`` → (``"<body>"``, ``"So the answer is (c) x."``).
 
     The split is at the last "the answer is" marker; without one the whole text is the body.
+    Arithmetic the server wrote inside its conclusion ("So the answer is 12 + 30 = 42.") is
+    reasoning, and is kept at the end of the body as well.
     """
     matches = list(_CONCLUSION_RE.finditer(text))
     if not matches:
         return text.strip(), ""
     m = matches[-1]
-    return text[: m.start()].strip(), text[m.start() :].strip()
+    body, conclusion = text[: m.start()].strip(), text[m.start() :].strip()
+    steps = " ".join(step.text + "." for step in arithmetic_steps(conclusion))
+    return (f"{body} {steps}".strip() if steps else body), conclusion
 
 
 @dataclass
@@ -160,8 +164,8 @@ def _split_shared_stand_ins(
     fresh = (Decimal(900_000_001 + k) for k in range(10**6))
     counts: dict[Decimal, int] = {}
     result_at: dict[Decimal, int] = {}
-    for pos, value in reversed(step_results(text)):
-        result_at[value] = pos
+    for step in reversed(arithmetic_steps(text)):
+        result_at[step.result] = step.result_start
 
     def placeholder(m: re.Match[str]) -> str:
         tok = parse_number(m.group())

@@ -24,7 +24,7 @@ from decimal import Decimal, InvalidOperation
 
 from simpleeval import SimpleEval
 
-__all__ = ["NumberToken", "calculate", "parse_number", "reexecute", "step_results"]
+__all__ = ["NumberToken", "Step", "arithmetic_steps", "calculate", "parse_number", "reexecute"]
 
 _NUM = r"\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?"
 #: A number token: not inside a word or another number ("A12", "3.5.1", "2nd" are not); a
@@ -145,13 +145,25 @@ def _rewrite_step(m: re.Match[str], values: dict[Decimal, Decimal], every: bool)
     return head + written.format(redone)
 
 
-def step_results(text: str) -> list[tuple[int, Decimal]]:
-    """The position and value of each step result in ``text`` ("3 + 4 = 7": 7's)."""
+@dataclass(frozen=True)
+class Step:
+    """One ``a op b = c`` step as written: where it starts, its text, where its result
+    starts and the result's value."""
+
+    start: int
+    text: str
+    result_start: int
+    result: Decimal
+
+
+def arithmetic_steps(text: str) -> list[Step]:
+    """The ``a op b = c`` steps of ``text``, in order."""
     out = []
     for m in _STEP_RE.finditer(text):
         tok = parse_number(m.group("rhs"))
         assert tok is not None
-        out.append((m.start("rhs"), tok.value))
+        start = m.start() + len(m.group()) - len(m.group().lstrip())
+        out.append(Step(start, text[start : m.end()], m.start("rhs"), tok.value))
     return out
 
 
