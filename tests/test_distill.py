@@ -351,6 +351,33 @@ def test_replay_teacher_with_filter_drops_disagreeing_rationales(tmp_path, tiny_
     assert kept[0]["rationale"] == "Item 0 is usually kept there."
 
 
+def test_filter_that_drops_every_rationale_is_an_error_naming_the_fix(tmp_path, tiny_dir):
+    rows = [
+        Example(
+            f"q{i}",
+            f"Where is item {i} kept?",
+            "a",
+            list("abcde"),
+            rationale=f"Item {i} is kept elsewhere.",
+            rationale_label="b",
+        )
+        for i in range(3)
+    ]
+    data = write_jsonl(rows, tmp_path / "cqa_rat.jsonl")
+    cfg = _cfg(
+        tmp_path,
+        tiny_dir,
+        data,
+        strategy="none",
+        server={"kind": "replay", "model": "palm"},
+        filter=True,
+        privacy={},
+    )
+    with pytest.raises(ConfigError, match="filter = true drops them all") as err:
+        run_distill(cfg, progress=False)
+    assert "filter = false" in (err.value.hint or "")
+
+
 class ArithmeticServer(Backend):
     """A scripted teacher: adds the numbers of the question it receives, step by step
     (subtracts them on every fifth prompt: a wrong plan)."""

@@ -57,6 +57,7 @@ def distill_config(cfg: DemoConfig, *, non_private: bool = False) -> Any:
             "strategy": "none" if non_private else strategy,
             "privacy": {} if non_private else privacy,
             "stage": "rationales" if non_private else "all",
+            "filter": cfg.filter,
             "generation": cfg.generation.model_dump(),
             "eval_generation": cfg.eval_generation.model_dump(),
             "eval_cot": cfg.eval_cot,
