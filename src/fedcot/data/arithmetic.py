@@ -24,7 +24,15 @@ from decimal import Decimal, InvalidOperation
 
 from simpleeval import SimpleEval
 
-__all__ = ["NumberToken", "Step", "arithmetic_steps", "calculate", "parse_number", "reexecute"]
+__all__ = [
+    "NumberToken",
+    "Step",
+    "arithmetic_steps",
+    "calculate",
+    "evaluate",
+    "parse_number",
+    "reexecute",
+]
 
 _NUM = r"\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?"
 #: A number token: not inside a word or another number ("A12", "3.5.1", "2nd" are not); a
@@ -97,16 +105,31 @@ def _python(lhs: str, values: Mapping[Decimal, Decimal] | None) -> str | None:
     return re.sub(r"\bof\b", "*", expr)
 
 
+def evaluate(expr: str) -> float:
+    """The value of a Python-syntax arithmetic expression (numbers, ``+ - * /``, parentheses),
+    by :mod:`simpleeval`: no names, no functions, no ``eval``.
+
+    Raises :class:`ZeroDivisionError` on a division by zero and :class:`ValueError` on
+    anything else that is not such an expression.
+    """
+    try:
+        out = _EVAL.eval(expr)
+    except ZeroDivisionError:
+        raise
+    except Exception as exc:  # simpleeval raises SyntaxError and its own errors
+        raise ValueError(f"not an arithmetic expression: {expr!r}") from exc
+    if not isinstance(out, (int, float)) or isinstance(out, bool):
+        raise ValueError(f"not a number: {expr!r}")
+    return float(out)
+
+
 def _evaluate(expr: str | None) -> Decimal | None:
     if expr is None:
         return None
     try:
-        out = _EVAL.eval(expr)
-    except Exception:
+        return Decimal(str(round(evaluate(expr), 10)))
+    except (ValueError, ZeroDivisionError):
         return None
-    if not isinstance(out, (int, float)) or isinstance(out, bool):
-        return None
-    return Decimal(str(round(float(out), 10)))
 
 
 def _agrees(computed: Decimal, written: NumberToken) -> bool:

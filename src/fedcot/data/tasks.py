@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from fedcot.data.arithmetic import evaluate
 from fedcot.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # only for annotations: keeps `fedcot.data` free of backend imports
@@ -136,80 +137,26 @@ def _tokenize(text: str) -> list[str]:
         pos = m.end()
 
 
-class _DivisionByZero(ValueError):
-    """An expression divides by zero: a stated but meaningless answer."""
+def _value_of(tokens: list[str]) -> float:
+    """The value of arithmetic tokens (:func:`fedcot.data.arithmetic.evaluate`); raises
+    :class:`ValueError` unless they form one whole expression."""
+    # Numbers are written as Python floats ("007" is not a Python literal; "2 * * 3" with
+    # spaces is not a power).
+    expr = " ".join(f"{float(t)!r}" if t[0].isdigit() or t[0] == "." else t for t in tokens)
+    return evaluate(expr)
 
 
-class _Parser:
-    """Recursive-descent evaluator for ``+ - * /``, unary minus, parentheses and decimals.
-
-    Parses the longest valid prefix of the tokens (``parse``) so that trailing prose after an
-    expression is ignored; never calls ``eval``.
-    """
-
-    def __init__(self, tokens: list[str]) -> None:
-        self.toks = tokens
-        self.i = 0
-
-    def peek(self) -> str | None:
-        return self.toks[self.i] if self.i < len(self.toks) else None
-
-    def expr(self) -> float:
-        value = self.term()
-        while self.peek() in ("+", "-"):
-            save = self.i
-            op = self.toks[self.i]
-            self.i += 1
-            try:
-                rhs = self.term()
-            except ValueError:
-                self.i = save  # a dangling operator ends the expression
-                break
-            value = value + rhs if op == "+" else value - rhs
-        return value
-
-    def term(self) -> float:
-        value = self.unary()
-        while self.peek() in ("*", "/"):
-            save = self.i
-            op = self.toks[self.i]
-            self.i += 1
-            try:
-                rhs = self.unary()
-            except ValueError:
-                self.i = save
-                break
-            if op == "*":
-                value *= rhs
-            else:
-                if rhs == 0:
-                    raise _DivisionByZero("division by zero")
-                value /= rhs
-        return value
-
-    def unary(self) -> float:
-        tok = self.peek()
-        if tok in ("-", "+"):
-            self.i += 1
-            v = self.unary()
-            return -v if tok == "-" else v
-        return self.primary()
-
-    def primary(self) -> float:
-        tok = self.peek()
-        if tok is None:
-            raise ValueError("unexpected end of expression")
-        if tok == "(":
-            self.i += 1
-            v = self.expr()
-            if self.peek() != ")":
-                raise ValueError("unbalanced parenthesis")
-            self.i += 1
-            return v
-        if tok[0].isdigit() or tok[0] == ".":
-            self.i += 1
-            return float(tok)
-        raise ValueError(f"unexpected token {tok!r}")
+def _longest_prefix_value(tokens: list[str]) -> float:
+    """The value of the longest prefix of ``tokens`` that is a whole expression ("3 * 4 )
+    ..." → 12); math.nan where it divides by zero (a stated answer without a value)."""
+    for end in range(len(tokens), 0, -1):
+        try:
+            return _value_of(tokens[:end])
+        except ZeroDivisionError:
+            return math.nan
+        except ValueError:
+            continue
+    raise ValueError("no arithmetic")
 
 
 def evaluate_expression(text: str) -> float:
@@ -223,14 +170,15 @@ def evaluate_expression(text: str) -> float:
     toks = _tokenize(stripped)
     if not toks or "=" in toks:
         raise ValueError(f"not an arithmetic expression: {text!r}")
-    p = _Parser(toks)
-    value = p.expr()
     # Every character must have become a token: compare against a re-tokenised remainder.
     rebuilt = "".join(toks)
     compact = re.sub(rf"[\s,{re.escape(_CURRENCY)}]", "", stripped.translate(_UNICODE_OPS))
-    if p.i != len(toks) or rebuilt != compact:
+    if rebuilt != compact:
         raise ValueError(f"not an arithmetic expression: {text!r}")
-    return value
+    try:
+        return _value_of(toks)
+    except ZeroDivisionError as exc:
+        raise ValueError(f"division by zero: {text!r}") from exc
 
 
 def _leading_value(text: str) -> float | None:
@@ -250,9 +198,7 @@ def _leading_value(text: str) -> float | None:
         if not g:
             continue
         try:
-            return _Parser(g).expr()
-        except _DivisionByZero:
-            return math.nan  # an answer was stated, but it has no value
+            return _longest_prefix_value(g)
         except ValueError:
             continue
     return None
