@@ -312,6 +312,13 @@ lora_r = 4
     assert json.loads((run_dir / "metrics.json").read_text())["server"]["asked"] == len(after)
 
 
+def _filtered_replay_cfg(tmp_path, tiny_dir, rows):
+    """strategy none, the recorded rationales as the teacher, the agreement filter on."""
+    data = write_jsonl(rows, tmp_path / "cqa_rat.jsonl")
+    replay = {"kind": "replay", "model": "palm"}
+    return _cfg(tmp_path, tiny_dir, data, strategy="none", server=replay, filter=True, privacy={})
+
+
 def test_replay_teacher_with_filter_drops_disagreeing_rationales(tmp_path, tiny_dir):
     """strategy none + replay: recorded rationales; the filter drops the two whose recorded
     conclusion is wrong, and the count is reported."""
@@ -329,16 +336,7 @@ def test_replay_teacher_with_filter_drops_disagreeing_rationales(tmp_path, tiny_
                 rationale_label=choices[1] if wrong else choices[0],
             )
         )
-    data = write_jsonl(rows, tmp_path / "cqa_rat.jsonl")
-    cfg = _cfg(
-        tmp_path,
-        tiny_dir,
-        data,
-        strategy="none",
-        server={"kind": "replay", "model": "palm"},
-        filter=True,
-        privacy={},
-    )
+    cfg = _filtered_replay_cfg(tmp_path, tiny_dir, rows)
     res = run_distill(cfg, progress=False)
     assert res.rationales["requested"] == 6
     assert res.rationales["agree_with_gold"] == 4 and res.rationales["kept"] == 4
@@ -363,16 +361,7 @@ def test_filter_that_drops_every_rationale_is_an_error_naming_the_fix(tmp_path, 
         )
         for i in range(3)
     ]
-    data = write_jsonl(rows, tmp_path / "cqa_rat.jsonl")
-    cfg = _cfg(
-        tmp_path,
-        tiny_dir,
-        data,
-        strategy="none",
-        server={"kind": "replay", "model": "palm"},
-        filter=True,
-        privacy={},
-    )
+    cfg = _filtered_replay_cfg(tmp_path, tiny_dir, rows)
     with pytest.raises(ConfigError, match="filter = true drops them all") as err:
         run_distill(cfg, progress=False)
     assert "filter = false" in (err.value.hint or "")
