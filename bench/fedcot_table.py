@@ -9,7 +9,13 @@ Rows (the same training budget for every row unless it says otherwise):
 - ``palm``: multi-task with the datasets' recorded PaLM rationales (replay teacher,
   non-private);
 - ``gemma-none`` / ``gemma-exp`` / ``gemma-adaptive``: FedCoT with the local teacher
-  gemma3-270m at strategy none, exponential ε = 3 and adaptive ε = 3 (inverse-map decoding).
+  gemma3-270m at strategy none, exponential ε = 3 and adaptive ε = 3 (inverse-map decoding);
+- ``qwen-none`` / ``qwen-exp`` / ``qwen-adaptive``: the same with qwen2.5-coder-0.5b-instruct.
+
+``--task private-records`` runs the demo's setting (``fedcot demo`` defaults: 32 generated
+records, 48 held out, 24 steps, α = 0.9 with the agreement filter): label rows are scored by
+their bare answer, rationale rows by their chain of thought with exact arithmetic; the
+``palm`` row there serves the records' own worked steps.
 
 Each run is a ``fedcot distill`` run folder under ``bench/out/fedcot/<task>/``; finished runs
 are skipped, so the script can be stopped and started again. ``--report-only`` rebuilds the
@@ -17,6 +23,8 @@ docs section from the stored runs. Example:
 
     python bench/fedcot_table.py --task cqa --rows label,label2x,palm --seeds 0,1,2
     python bench/fedcot_table.py --task cqa --rows gemma-none,gemma-exp,gemma-adaptive --seeds 0
+    python bench/fedcot_table.py --task private-records \\
+        --rows label,label2x,palm,qwen-none,qwen-adaptive
     python bench/fedcot_table.py --throughput --task cqa
     python bench/fedcot_table.py --report-only
 """
@@ -35,7 +43,18 @@ from typing import Any
 from _common import ROOT, SHARED, write_section
 
 OUT = ROOT / "bench" / "out" / "fedcot"
-ROWS = ("label", "label2x", "palm", "gemma-none", "gemma-exp", "gemma-adaptive")
+ROWS = (
+    "label",
+    "label2x",
+    "palm",
+    "gemma-none",
+    "gemma-exp",
+    "gemma-adaptive",
+    "qwen-none",
+    "qwen-exp",
+    "qwen-adaptive",
+)
+TEACHERS = {"gemma": "gemma3-270m", "qwen": "qwen2.5-coder-0.5b-instruct"}
 LABELS = {
     "zero": "zero-shot",
     "label": "label-only",
@@ -44,12 +63,62 @@ LABELS = {
     "gemma-none": "FedCoT, gemma3-270m teacher, strategy none (ε = ∞)",
     "gemma-exp": "FedCoT, gemma3-270m, exponential ε = 3, inverse-map",
     "gemma-adaptive": "FedCoT, gemma3-270m, adaptive ε_S = 3 (ε_N = 9), inverse-map",
+    "qwen-none": "FedCoT, qwen2.5-coder-0.5b teacher, strategy none (ε = ∞)",
+    "qwen-exp": "FedCoT, qwen2.5-coder-0.5b, exponential ε = 3, inverse-map",
+    "qwen-adaptive": "FedCoT-A, qwen2.5-coder-0.5b, adaptive defaults, inverse-map",
 }
 TRAIN_SPLIT = {"cqa": "train", "esnli": "valid"}
+SCORING = {
+    "cqa": "likelihood scoring of the answer texts.",
+    "private-records": (
+        "the demo's setting (`fedcot demo` defaults: 32 generated records to train, 48 held "
+        "out, 24 steps of 4, lr 5e-4; rationale rows α = 0.9 with the agreement filter). "
+        "Label rows and zero-shot are scored by their bare answer; rationale rows by their "
+        "chain of thought with its arithmetic redone exactly (the calculator). The "
+        "\"PaLM\" row serves the records' own worked steps (the generator's). Teacher "
+        "perturbations drawn once (privacy seed 0); the seeds vary training."
+    ),
+}
+
+
+def _teacher_row(cfg: dict[str, Any], row: str) -> None:
+    """Point ``cfg`` at the row's local teacher and strategy."""
+    prefix, kind = row.split("-", 1)
+    cfg["server"] = {"model": TEACHERS[prefix], "batch_size": 16 if prefix == "gemma" else 8}
+    cfg["strategy"] = {"none": "none", "exp": "exponential"}.get(kind, "adaptive")
+    # The perturbation (and so the server's answers) is drawn once (an experiment's seed,
+    # recorded); the seeds of the table vary training.
+    if kind == "none":
+        cfg["privacy"] = {}
+    elif row == "qwen-adaptive":
+        cfg["privacy"] = {"seed": 0}  # FedCoT-A defaults
+    else:
+        cfg["privacy"] = {"epsilon": 3.0, "seed": 0}
+
+
+def records_config(row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The demo's distill config for one row (records task)."""
+    from fedcot.config import DemoConfig
+    from fedcot.demo import distill_config
+
+    demo = DemoConfig(output_dir=OUT / "private-records" / f"{row}-s{seed}")
+    cfg = distill_config(demo).model_dump(mode="json")
+    cfg["train"]["seed"] = seed  # the records (cfg["seed"]) stay those of seed 0
+    cfg["eval_before"] = row == "label" and seed == args.seed_list[0]
+    if row.startswith("label"):
+        cfg.update(strategy="none", privacy={}, eval_cot=False, eval_calculator=False)
+        cfg["train"].update(alpha=0.0, max_steps=demo.train_steps * (2 if row == "label2x" else 1))
+    elif row == "palm":
+        cfg.update(strategy="none", privacy={}, server={"kind": "replay", "model": "palm"})
+    else:
+        _teacher_row(cfg, row)
+    return cfg
 
 
 def row_config(task: str, row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """The distill config of one benchmark row."""
+    if task == "private-records":
+        return records_config(row, seed, args)
     steps = args.steps * (2 if row == "label2x" else 1)
     cfg: dict[str, Any] = {
         "task": task,
@@ -80,11 +149,7 @@ def row_config(task: str, row: str, seed: int, args: argparse.Namespace) -> dict
     elif row == "palm":
         cfg.update(strategy="none", server={"kind": "replay", "model": "palm"})
     else:
-        cfg["server"] = {"model": "gemma3-270m", "batch_size": 16}
-        # The perturbation (and so the server's answers) is drawn once; seeds vary training.
-        strategy = {"gemma-none": "none", "gemma-exp": "exponential"}.get(row, "adaptive")
-        cfg["strategy"] = strategy
-        cfg["privacy"] = {"epsilon": 3.0, "seed": 0}
+        _teacher_row(cfg, row)
     return cfg
 
 
@@ -92,7 +157,7 @@ def run_rows(args: argparse.Namespace) -> None:
     from fedcot.cot.client import run_distill
     from fedcot.cot.config import DistillConfig
 
-    teacher = None
+    teachers: dict[str, Any] = {}
     for task in args.tasks:
         for row in args.rows:
             for seed in args.seed_list:
@@ -101,18 +166,21 @@ def run_rows(args: argparse.Namespace) -> None:
                     print(f"skip {task} {row} s{seed}: done", file=sys.stderr)
                     continue
                 server = None
-                if row.startswith("gemma"):
+                prefix = row.split("-", 1)[0]
+                if prefix in TEACHERS:
                     # Reuse the seed-0 answers: the same perturbed prompts hit the cache.
                     src = OUT / task / f"{row}-s{args.seed_list[0]}" / "server_cache.jsonl"
                     dst = cfg.output_dir / "server_cache.jsonl"
                     if seed != args.seed_list[0] and src.exists() and not dst.exists():
                         dst.parent.mkdir(parents=True, exist_ok=True)
                         dst.write_bytes(src.read_bytes())
-                    if teacher is None:
+                    if prefix not in teachers:
                         from fedcot.models.backends.transformers import TransformersBackend
 
-                        teacher = TransformersBackend.from_pretrained("gemma3-270m", batch_size=16)
-                    server = teacher
+                        teachers[prefix] = TransformersBackend.from_pretrained(
+                            TEACHERS[prefix], batch_size=cfg.server.batch_size
+                        )
+                    server = teachers[prefix]
                 print(f"run {task} {row} s{seed} ...", file=sys.stderr)
                 t0 = time.perf_counter()
                 resume = cfg.output_dir.exists() and (cfg.output_dir / "config.yaml").exists()
@@ -195,7 +263,7 @@ def _paired(a: dict[str, bool], b: dict[str, bool]) -> tuple[float, float, float
 
 def report() -> None:
     sections = []
-    for task in ("cqa", "esnli"):
+    for task in ("cqa", "esnli", "private-records"):
         runs = _load(task)
         if not runs:
             continue
@@ -239,7 +307,7 @@ def report() -> None:
                 f"{statistics.fmean(accs):.1f} | "
                 f"{100 * a0['ci_low']:.1f}–{100 * a0['ci_high']:.1f} | {diff} |"
             )
-        lines += ["", f"n = {n} test items; accuracy in %; likelihood scoring of the answer texts."]
+        lines += ["", f"n = {n} test items; accuracy in %; {SCORING.get(task, SCORING['cqa'])}"]
         # Rationale quality and stage timings of the FedCoT rows.
         t_rows = [
             (r, m)
