@@ -35,7 +35,9 @@ class DistillConfig(_Strict):
     test_limit: int | None = Field(200, ge=1, description="test examples (None: all)")
     student: BackendConfig = Field(default_factory=BackendConfig)
     server: BackendConfig = Field(
-        default_factory=lambda: BackendConfig(model="gemma3-270m", batch_size=4)
+        default_factory=lambda: BackendConfig(model="qwen2.5-coder-0.5b-instruct", batch_size=8),
+        description="who writes the rationales (default: the best local teacher measured, "
+        "docs/benchmarks.md; gemma3-270m is a base model that rarely reasons)",
     )
     answer_style: Literal["text", "letter"] = Field(
         "text",
