@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcot.cot.decoders import inverse_map
-from fedcot.data.arithmetic import parse_number, reexecute
+from fedcot.data.arithmetic import calculate, parse_number, reexecute
 from fedcot.privacy.perturb import Perturbation, UnitDraw
 
 # A FedCoT-E-style word swap on function words, a content-word swap, an entity surrogate.
@@ -132,3 +132,19 @@ def test_calculator_redoes_every_step_and_the_answer_follows() -> None:
     out = calculate("118 EUR + 195 EUR = 225 EUR. Then 225 * 2 = 450.\nSo the answer is 450.")
     assert out == "118 EUR + 195 EUR = 313 EUR. Then 313 * 2 = 626.\nSo the answer is 626."
     assert calculate("No steps here, 12 apples.") == "No steps here, 12 apples."
+
+
+def test_steps_with_unit_words_between_the_numbers() -> None:
+    sets = _numbers({"11": "7", "13": "130"})
+    text = "Each of 7 sets has 130 chairs. 7 sets * 130 chairs = 910 chairs. So the answer is 910."
+    assert inverse_map(text, sets) == (
+        "Each of 11 sets has 13 chairs. 11 sets * 13 chairs = 143 chairs. So the answer is 143."
+    )
+    pages = _numbers({"576": "43652", "8": "6"})
+    assert inverse_map("43652 pages ÷ 6 pages/day = 710 days.", pages) == (
+        "576 pages ÷ 8 pages/day = 72 days."
+    )
+    # "of" and "x" stay operators, not units
+    assert calculate("5 groups of 3 = 14, and 3 boxes x 4 apples = 11 apples.") == (
+        "5 groups of 3 = 15, and 3 boxes x 4 apples = 12 apples."
+    )

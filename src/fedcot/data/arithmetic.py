@@ -42,6 +42,10 @@ NUMBER_RE = re.compile(
 )
 _OP = r"\s*(?:[-+*/×÷xX]|of)\s*"
 _UNIT = r"(?:\s*(?:[A-Z]{3}|€|£)(?![\w]))?"  # "118 EUR + 195 EUR": a currency after a number
+# "7 sets * 130 chairs", "576 pages ÷ 8 pages/day": up to two lower-case words after a number
+# (not an operator word); they are dropped before evaluation.
+_WORD = r"\b(?!(?:of|x|equals|is|are|and|so|then)\b)[a-z]+(?:/[a-z]+)?\b"
+_UNIT += rf"(?:\s+{_WORD}){{0,2}}"
 _OPERAND = rf"[(\s]*{_NUM}{_UNIT}[)\s]*"
 _STEP_RE = re.compile(
     rf"(?P<lhs>{_OPERAND}(?:{_OP}{_OPERAND})+?)\s*(?:=|equals)\s*(?P<rhs>-?{_NUM})"
@@ -101,6 +105,7 @@ def _python(lhs: str, values: Mapping[Decimal, Decimal] | None) -> str | None:
         return f"({v:f}/100)" if tok.percent else f"({v:f})"
 
     expr = NUMBER_RE.sub(number, re.sub(r"\b[A-Z]{3}\b|[€£]", " ", lhs))
+    expr = re.sub(_WORD, " ", expr)  # unit words ("sets", "pages/day")
     expr = re.sub(r"[×xX]", "*", expr).replace("÷", "/")
     return re.sub(r"\bof\b", "*", expr)
 
