@@ -148,3 +148,16 @@ def test_steps_with_unit_words_between_the_numbers() -> None:
     assert calculate("5 groups of 3 = 14, and 3 boxes x 4 apples = 11 apples.") == (
         "5 groups of 3 = 15, and 3 boxes x 4 apples = 12 apples."
     )
+
+
+def test_a_difference_keeps_the_servers_larger_minus_smaller_plan() -> None:
+    """The server took 3 from 4 (its stand-ins); the real numbers are 13 and 3: the decoded
+    step is 13 - 3, not 3 - 13. The calculator, run on a student's own steps, never swaps."""
+    p = _number_units([("13", "3"), ("3", "4")])
+    text = "Now 3 orchids and 4 roses. 4 - 3 = 1 more orchid. So the answer is 1."
+    assert inverse_map(text, p) == (
+        "Now 13 orchids and 3 roses. 13 - 3 = 10 more orchid. So the answer is 10."
+    )
+    slipped = _number_units([("12", "6")])  # the server's own step was negative: kept
+    assert inverse_map("2 trees - 6 trees = 2 trees.", slipped) == "2 trees - 12 trees = -10 trees."
+    assert calculate("3 - 13 = 10.") == "3 - 13 = -10."
