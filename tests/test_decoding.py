@@ -161,3 +161,11 @@ def test_a_difference_keeps_the_servers_larger_minus_smaller_plan() -> None:
     slipped = _number_units([("12", "6")])  # the server's own step was negative: kept
     assert inverse_map("2 trees - 6 trees = 2 trees.", slipped) == "2 trees - 12 trees = -10 trees."
     assert calculate("3 - 13 = 10.") == "3 - 13 = -10."
+
+
+def test_a_quotient_keeps_the_servers_larger_over_smaller_plan() -> None:
+    p = _number_units([("2", "355"), ("28", "3")])
+    text = "She gave 355 to each and had 3: 355 / 3 = 118.33 boys. So the answer is 118.33."
+    assert inverse_map(text, p) == (
+        "She gave 2 to each and had 28: 28 / 2 = 14.00 boys. So the answer is 14.00."
+    )

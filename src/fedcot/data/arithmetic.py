@@ -47,9 +47,9 @@ _UNIT = r"(?:\s*(?:[A-Z]{3}|€|£)(?![\w]))?"  # "118 EUR + 195 EUR": a currenc
 _WORD = r"\b(?!(?:of|x|equals|is|are|and|so|then)\b)[a-z]+(?:/[a-z]+)?\b"
 _UNIT += rf"(?:\s+{_WORD}){{0,2}}"
 _OPERAND = rf"[(\s]*{_NUM}{_UNIT}[)\s]*"
-# "13 - 3" (two operands, a minus): the difference the server meant as larger minus smaller
-_DIFFERENCE_RE = re.compile(
-    rf"(?P<lead>\s*)(?P<a>{_NUM}{_UNIT})(?P<op>\s*-\s*)(?P<b>{_NUM}{_UNIT})"
+# "13 - 3", "28 / 2": two operands of a difference or a quotient
+_PAIR_RE = re.compile(
+    rf"(?P<lead>\s*)(?P<a>{_NUM}{_UNIT})(?P<op>\s*[-/÷]\s*)(?P<b>{_NUM}{_UNIT})"
     r"(?P<tail>\s*)"
 )
 _STEP_RE = re.compile(
@@ -158,6 +158,14 @@ def _map_numbers(text: str, values: Mapping[Decimal, Decimal]) -> str:
     return NUMBER_RE.sub(back, text)
 
 
+def _turned(op: str, server: Decimal, redone: Decimal) -> bool:
+    """Whether the real numbers turned a larger-minus-smaller difference negative, or a
+    larger-over-smaller quotient below one."""
+    if op.strip() == "-":
+        return redone < 0 <= server
+    return 0 < redone < 1 <= server
+
+
 def _rewrite_step(m: re.Match[str], values: dict[Decimal, Decimal], every: bool) -> str:
     lhs, rhs = m.group("lhs"), m.group("rhs")
     used = [parse_number(n.group()) for n in NUMBER_RE.finditer(lhs)]
@@ -172,11 +180,12 @@ def _rewrite_step(m: re.Match[str], values: dict[Decimal, Decimal], every: bool)
     server = _evaluate(_python(lhs, None))
     if written.percent and server is not None and not _agrees(server, written):
         redone *= 100  # "12 / 48 = 25%": the server wrote a fraction as a percentage
-    if not every and redone < 0 and server is not None and server >= 0:
-        swapped = _DIFFERENCE_RE.fullmatch(new_lhs)
-        if swapped:  # the server took the smaller stand-in from the larger: keep that plan
-            new_lhs = swapped.expand(r"\g<lead>\g<b>\g<op>\g<a>\g<tail>")
-            redone = -redone
+    pair = _PAIR_RE.fullmatch(new_lhs)
+    if not every and pair and server is not None and _turned(pair["op"], server, redone):
+        # The server took the smaller stand-in from (or divided the larger by) the other:
+        # keep that plan on the real numbers.
+        new_lhs = pair.expand(r"\g<lead>\g<b>\g<op>\g<a>\g<tail>")
+        redone = _evaluate(_python(new_lhs, None)) or redone
     redone = round(redone, max(written.decimals, 2))
     values[written.value] = redone
     head = m.group()[: m.start("rhs") - m.start()].replace(lhs, new_lhs, 1)
