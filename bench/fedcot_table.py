@@ -252,6 +252,14 @@ def _load(task: str) -> dict[tuple[str, int], dict[str, Any]]:
     return runs
 
 
+def _params(task: str) -> dict[str, Any]:
+    """The arguments of the last runs of ``task``."""
+    for path in (OUT / task / "params.json", OUT / "params.json"):
+        if path.exists():
+            return json.loads(path.read_text())
+    return {}
+
+
 def _paired(a: dict[str, bool], b: dict[str, bool]) -> tuple[float, float, float]:
     """Mean paired difference a − b (points) with a normal 95 % interval."""
     from fedcot.evaluation import paired_difference
@@ -261,9 +269,10 @@ def _paired(a: dict[str, bool], b: dict[str, bool]) -> tuple[float, float, float
     return 100 * mean, 100 * low, 100 * high
 
 
-def report() -> None:
+def _task_sections(tasks: tuple[str, ...]) -> list[str]:
+    """One table (and its rationale and timing rows) per task with stored runs."""
     sections = []
-    for task in ("cqa", "esnli", "private-records"):
+    for task in tasks:
         runs = _load(task)
         if not runs:
             continue
@@ -348,7 +357,26 @@ def report() -> None:
                 f"({100 * pipe / raw:.0f} %; target ≥ 90 %).",
             ]
         sections.append("\n".join(lines))
-    params = json.loads((OUT / "params.json").read_text()) if (OUT / "params.json").exists() else {}
+    return sections
+
+
+def report() -> None:
+    """Rebuild the docs sections of the tasks whose runs are stored here (a section whose
+    runs are not on this machine is left as it is)."""
+    records = _task_sections(("private-records",))
+    if records:
+        params = _params("private-records")
+        body = (
+            "Runs accumulate in `bench/out/fedcot/private-records/` (last runs: "
+            f"`python bench/fedcot_table.py {params.get('argv', '')}`); `--report-only` "
+            "rebuilds this section.\n\n" + "\n\n".join(records)
+        )
+        title = "FedCoT end to end on the private records: student accuracy over seeds"
+        write_section("fedcot-records", title, body)
+    sections = _task_sections(("cqa", "esnli"))
+    if not sections:
+        return
+    params = _params("cqa")
     body = (
         "Runs accumulate in `bench/out/fedcot/` (one `fedcot distill` run folder each; "
         f"last runs: `python bench/fedcot_table.py {params.get('argv', '')}`); "
@@ -396,7 +424,9 @@ def main() -> None:
         if args.throughput:
             throughput(args)
         else:
-            (OUT / "params.json").write_text(json.dumps(keep, indent=2))
+            for task in args.tasks:
+                (OUT / task).mkdir(parents=True, exist_ok=True)
+                (OUT / task / "params.json").write_text(json.dumps(keep, indent=2))
             run_rows(args)
     report()
 
