@@ -252,6 +252,11 @@ def _load(task: str) -> dict[tuple[str, int], dict[str, Any]]:
     return runs
 
 
+def _run_seconds(metrics: dict[str, Any]) -> float:
+    """Seconds of a run's stages, without the zero-shot evaluation (the zero-shot row's)."""
+    return sum(v for k, v in metrics["timings"].items() if k != "eval_before")
+
+
 def _params(task: str) -> dict[str, Any]:
     """The arguments of the last runs of ``task``."""
     for path in (OUT / task / "params.json", OUT / "params.json"):
@@ -281,9 +286,9 @@ def _task_sections(tasks: tuple[str, ...]) -> list[str]:
         n = cfg0["after"]["n"]
         lines.append(
             "| row | seeds | accuracy per seed | mean | 95 % CI (seed 0) | vs compute-matched "
-            "label-only (paired, seed 0) |"
+            "label-only (paired, seed 0) | s per run (mean) |"
         )
-        lines.append("|---|---:|---|---:|---:|---|")
+        lines.append("|---|---:|---|---:|---:|---|---:|")
         zero = next((m for (r, s), m in runs.items() if m.get("before")), None)
         base = {s: m["_preds"] for (r, s), m in runs.items() if r == "label2x"}
         if zero:
@@ -294,7 +299,8 @@ def _task_sections(tasks: tuple[str, ...]) -> list[str]:
                 diff = f"{d:+.1f} ({lo:+.1f} to {hi:+.1f})"
             lines.append(
                 f"| {LABELS['zero']} | – | {100 * b['accuracy']:.1f} | {100 * b['accuracy']:.1f} "
-                f"| {100 * b['ci_low']:.1f}–{100 * b['ci_high']:.1f} | {diff} |"
+                f"| {100 * b['ci_low']:.1f}–{100 * b['ci_high']:.1f} | {diff} | "
+                f"{zero['before'].get('seconds', 0):.0f} |"
             )
         for row in ROWS:
             seeds = sorted(s for (r, s) in runs if r == row)
@@ -314,7 +320,8 @@ def _task_sections(tasks: tuple[str, ...]) -> list[str]:
             lines.append(
                 f"| {LABELS[row]} | {len(seeds)} | {', '.join(f'{x:.1f}' for x in accs)} | "
                 f"{statistics.fmean(accs):.1f} | "
-                f"{100 * a0['ci_low']:.1f}–{100 * a0['ci_high']:.1f} | {diff} |"
+                f"{100 * a0['ci_low']:.1f}–{100 * a0['ci_high']:.1f} | {diff} | "
+                f"{statistics.fmean(_run_seconds(runs[(row, s)]) for s in seeds):.0f} |"
             )
         lines += ["", f"n = {n} test items; accuracy in %; {SCORING.get(task, SCORING['cqa'])}"]
         # Rationale quality and stage timings of the FedCoT rows.
