@@ -257,6 +257,16 @@ def _run_seconds(metrics: dict[str, Any]) -> float:
     return sum(v for k, v in metrics["timings"].items() if k != "eval_before")
 
 
+def _epsilon_cell(ledger: dict[str, Any]) -> str:
+    """Mean ε-LDP per prompt, and the metric-DP kinds beside it (older ledgers: one key)."""
+    ldp = ledger.get("ldp_per_prompt_mean", ledger.get("per_prompt_mean", 0))
+    kinds = ledger.get("metric_by_kind") or {}
+    metric = ", ".join(
+        f"{k} ε {v['epsilon_sum'] / v['draws']:g} per {v['per']}" for k, v in kinds.items()
+    )
+    return f"{ldp:.0f}" + (f" LDP; metric DP: {metric}" if metric else "")
+
+
 def _params(task: str) -> dict[str, Any]:
     """The arguments of the last runs of ``task``."""
     for path in (OUT / task / "params.json", OUT / "params.json"):
@@ -340,7 +350,7 @@ def _task_sections(tasks: tuple[str, ...]) -> list[str]:
             for r, m in t_rows:
                 t = m["timings"]
                 led = m["privacy"].get("ledger") or {}
-                eps = f"{led['per_prompt_mean']:.0f}" if led else "∞" if r != "palm" else "–"
+                eps = _epsilon_cell(led) if led else "∞" if r != "palm" else "–"
                 lines.append(
                     f"| {LABELS[r]} | {m['rationales']['agree_with_gold']}/"
                     f"{m['rationales']['requested']} | {t.get('perturb', 0):.1f} | "
