@@ -62,6 +62,7 @@ def _body(s: dict, wall: float, note: str | None) -> str:
 | rationale fidelity, private (FedCoT-A) | {_fidelity(s["rationales"])} |
 | rationale fidelity, non-private | {_fidelity(s["rationales_non_private"])} |
 | student before → after | {_pct(s["before"]["accuracy"])} → {_pct(s["after"]["accuracy"])} ({s["after"]["n"]} held-out records) |
+| student outputs cut at the token cap, before → after | {s["before"].get("truncated", "–")} → {s["after"].get("truncated", "–")} of {s["after"]["n"]} |
 | paired gain | {100 * g["mean"]:+.1f} points (95 % CI {100 * g["low"]:+.1f} to {100 * g["high"]:+.1f}) |
 | disclosed | types of {sum(ledger.get("disclosed_types", {}).values())} replaced values; numbers by metric DP at ε = 3 per factor of 10 / per 10 years |
 | leak check | {got["leaked_spans"]} of {got["spans"]} sensitive spans verbatim in the prompt about their record |

@@ -44,8 +44,11 @@ def test_conclusion_marker_and_function_words_survive() -> None:
     )
 
 
-def _numbers(pairs: dict[str, str]) -> Perturbation:
-    return _number_units(list(pairs.items()))
+def _numbers(pairs: dict[str, str] | list[tuple[str, str]]) -> Perturbation:
+    """Number stand-ins, original → stand-in (a list where a stand-in repeats)."""
+    items = list(pairs.items()) if isinstance(pairs, dict) else pairs
+    units = [UnitDraw(o, s, "number", 1.0, "number") for o, s in items]
+    return Perturbation("n", "", "", units, dict(items))
 
 
 def test_chained_steps_follow_the_original_numbers() -> None:
@@ -60,26 +63,21 @@ def test_chained_steps_follow_the_original_numbers() -> None:
     )
 
 
-def _number_units(pairs: list[tuple[str, str]]) -> Perturbation:
-    units = [UnitDraw(o, s, "number", 1.0, "number") for o, s in pairs]
-    return Perturbation("n", "", "", units, dict(pairs))
-
-
 def test_a_stand_in_shared_by_two_numbers_is_decoded_in_turn() -> None:
     """The mechanism drew 5 for both 20 and 7 (or drew 7 for 20 next to a kept 7): the
     mentions are decoded in prompt order, and the steps are redone on the right numbers."""
     text = "She has 5 and gets 5 more: 5 + 5 = 10. So the answer is 10."
     want = "She has 20 and gets 7 more: 20 + 7 = 27. So the answer is 27."
-    assert inverse_map(text, _number_units([("20", "5"), ("7", "5")])) == want
-    kept = _number_units([("20", "7"), ("7", "7")])
+    assert inverse_map(text, _numbers([("20", "5"), ("7", "5")])) == want
+    kept = _numbers([("20", "7"), ("7", "7")])
     assert inverse_map(text.replace("5", "7").replace("10", "14"), kept) == want
     # from the step whose result is the stand-in's value on, mentions are that result's
-    zeros = _number_units([("26", "0"), ("19", "0")])
+    zeros = _numbers([("26", "0"), ("19", "0")])
     assert inverse_map("She has 0 and gets 0 more: 0 + 0 = 0. So the answer is 0.", zeros) == (
         "She has 26 and gets 19 more: 26 + 19 = 45. So the answer is 45."
     )
     # a stand-in shared by one number only stays a plain substitution
-    assert inverse_map("5 + 5 = 10.", _number_units([("3", "5"), ("3", "5")])) == "3 + 3 = 6."
+    assert inverse_map("5 + 5 = 10.", _numbers([("3", "5"), ("3", "5")])) == "3 + 3 = 6."
 
 
 def test_decimals_money_and_percentages() -> None:
@@ -153,18 +151,18 @@ def test_steps_with_unit_words_between_the_numbers() -> None:
 def test_a_difference_keeps_the_servers_larger_minus_smaller_plan() -> None:
     """The server took 3 from 4 (its stand-ins); the real numbers are 13 and 3: the decoded
     step is 13 - 3, not 3 - 13. The calculator, run on a student's own steps, never swaps."""
-    p = _number_units([("13", "3"), ("3", "4")])
+    p = _numbers([("13", "3"), ("3", "4")])
     text = "Now 3 orchids and 4 roses. 4 - 3 = 1 more orchid. So the answer is 1."
     assert inverse_map(text, p) == (
         "Now 13 orchids and 3 roses. 13 - 3 = 10 more orchid. So the answer is 10."
     )
-    slipped = _number_units([("12", "6")])  # the server's own step was negative: kept
+    slipped = _numbers([("12", "6")])  # the server's own step was negative: kept
     assert inverse_map("2 trees - 6 trees = 2 trees.", slipped) == "2 trees - 12 trees = -10 trees."
     assert calculate("3 - 13 = 10.") == "3 - 13 = -10."
 
 
 def test_a_quotient_keeps_the_servers_larger_over_smaller_plan() -> None:
-    p = _number_units([("2", "355"), ("28", "3")])
+    p = _numbers([("2", "355"), ("28", "3")])
     text = "She gave 355 to each and had 3: 355 / 3 = 118.33 boys. So the answer is 118.33."
     assert inverse_map(text, p) == (
         "She gave 2 to each and had 28: 28 / 2 = 14.00 boys. So the answer is 14.00."

@@ -179,8 +179,8 @@ class DemoConfig(_Strict):
         ge=0.0,
         le=1.0,
         description="weight of the rationale loss. The demo scores the rationale task, and at "
-        "0.5 the bare-answer task of the 135M student takes over its first tokens: it answers "
-        "with a bare number under the step-by-step instruction too (docs/benchmarks.md)",
+        "0.5 the 135M student mostly answers the step-by-step instruction with a bare number, "
+        "the label task's form (docs/benchmarks.md, rationale weight α)",
     )
     filter: bool = Field(
         True,

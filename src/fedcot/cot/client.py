@@ -616,7 +616,7 @@ def _decode_stage(
         f"{info['unparsed']} state no answer; {info['kept']} kept"
         + (" (filter on)" if cfg.filter else "")
     )
-    if cfg.filter and rows and not info["kept"] and cfg.stage == "all" and cfg.train.alpha > 0:
+    if cfg.filter and rows and not info["kept"] and cfg.stage == "all":  # alpha > 0 here
         raise ConfigError(
             "no decoded rationale reaches the gold answer, and filter = true drops them all",
             hint="set filter = false, use a stronger teacher, or train on labels (alpha = 0)",

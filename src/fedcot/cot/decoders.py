@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
+from itertools import count
 from typing import Any, Literal, Protocol
 
 from fedcot.data.arithmetic import NUMBER_RE, arithmetic_steps, parse_number, reexecute
@@ -161,7 +162,7 @@ def _split_shared_stand_ins(
     if not shared:
         return text, single
     seen = {t.value for m in NUMBER_RE.finditer(text) if (t := parse_number(m.group()))}
-    fresh = (Decimal(900_000_001 + k) for k in range(10**6))
+    fresh = (v for v in map(Decimal, count(900_000_001)) if v not in seen and v not in single)
     counts: dict[Decimal, int] = {}
     result_at: dict[Decimal, int] = {}
     for step in reversed(arithmetic_steps(text)):
@@ -176,7 +177,7 @@ def _split_shared_stand_ins(
         ):
             return m.group()
         k = counts[tok.value] = counts.get(tok.value, -1) + 1
-        value = next(v for v in fresh if v not in seen and v not in single)
+        value = next(fresh)
         single[value] = shared[tok.value][k % len(shared[tok.value])]
         return tok.format(value, cap=0)
 

@@ -185,7 +185,7 @@ def _rewrite_step(m: re.Match[str], values: dict[Decimal, Decimal], every: bool)
         # The server took the smaller stand-in from (or divided the larger by) the other:
         # keep that plan on the real numbers.
         new_lhs = pair.expand(r"\g<lead>\g<b>\g<op>\g<a>\g<tail>")
-        redone = _evaluate(_python(new_lhs, None)) or redone
+        redone = -redone if pair["op"].strip() == "-" else 1 / redone
     redone = round(redone, max(written.decimals, 2))
     values[written.value] = redone
     head = m.group()[: m.start("rhs") - m.start()].replace(lhs, new_lhs, 1)
