@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedcot.errors import BackendError
-from fedcot.federation.serve import ServeConfig, ServeLimits, create_app, make_server
 from fedcot.models.backends.base import Backend, Completion, GenerationParams, is_chat
 from fedcot.procs import Child, signal_group
+from fedcot.serving import ServeConfig, ServeLimits, create_app, make_server
 
 from leaks import sensitive_units
 from tiny_models import make_tiny_lm

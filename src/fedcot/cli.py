@@ -960,7 +960,7 @@ def serve_cmd(
     finishes the requests in flight, then exits.
     """
     from fedcot.config import load_config
-    from fedcot.federation.serve import ServeConfig, check_port, read_api_keys, serve
+    from fedcot.serving import ServeConfig, check_port, read_api_keys, serve
 
     cfg = load_config(
         ServeConfig,
@@ -987,7 +987,7 @@ def serve_cmd(
     keys = {k for k in (api_key or []) if k} | read_api_keys(
         cfg.api_key_env, required=api_key_env is not None and not api_key
     )
-    check_port(cfg.host, cfg.port)  # before the (slow) model load
+    check_port(cfg.host, cfg.port)  # the only port check: before the (slow) model load
     err.print(f"loading [bold]{cfg.model.model}[/] ({cfg.model.kind}) ...")
     be = cfg.model.build()
     if not keys:
@@ -1002,20 +1002,7 @@ def serve_cmd(
         out.print(f"fedcot serve: {cfg.name} at {url}", soft_wrap=True, markup=False)
 
     try:
-        serve(
-            be,
-            model_name=cfg.name,
-            host=cfg.host,
-            port=cfg.port,
-            api_keys=keys,
-            limits=cfg.limits,
-            audit_log=cfg.audit_log,
-            ssl_certfile=cfg.ssl_certfile,
-            ssl_keyfile=cfg.ssl_keyfile,
-            log_level=cfg.log_level,
-            graceful_timeout_s=cfg.graceful_timeout_s,
-            announce=announce,
-        )
+        serve(be, cfg, api_keys=keys, announce=announce)
     finally:
         be.close()
     err.print("fedcot serve: stopped")

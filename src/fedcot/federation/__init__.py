@@ -1,2 +1,2 @@
-"""Running fedcot across machines: ``fedcot serve`` (an OpenAI-compatible HTTP server over
-the in-process backends, :mod:`fedcot.federation.serve`)."""
+"""Running a FedMKT federation on Flower (:mod:`fedcot.federation.flower`, and
+:mod:`fedcot.federation.flower_local` for a whole federation on one machine)."""
