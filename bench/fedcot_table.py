@@ -2,7 +2,7 @@
 
 Rows (the same training budget for every row unless it says otherwise):
 
-- ``zero``: the student zero-shot;
+- zero-shot: the student before training, measured by the first seed's ``label`` run;
 - ``label``: label-only LoRA training (α = 0), S steps;
 - ``label2x``: label-only with the compute of multi-task (2·S steps: a multi-task step runs
   two sequences per example);
@@ -429,6 +429,13 @@ def main() -> None:
     args = ap.parse_args()
     args.tasks = args.task.split(",")
     args.rows = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in args.rows if r not in LABELS or r == "zero"]
+    if unknown:
+        valid = ", ".join(r for r in LABELS if r != "zero")
+        ap.error(
+            f"unknown row(s) {', '.join(unknown)}; rows are {valid} "
+            "(zero-shot comes with the first seed's label run)"
+        )
     args.seed_list = [int(s) for s in args.seeds.split(",")]
     os.environ.setdefault("FEDCOT_PROGRESS", "0")
     if not args.report_only:
