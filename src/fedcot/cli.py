@@ -16,6 +16,7 @@ from rich.table import Table
 
 from fedcot import __version__
 from fedcot.errors import FedcotError
+from fedcot.runs import RunFolder, check_run_config, read_json, write_jsonl
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -561,12 +562,10 @@ def flower_local_cmd(
 ) -> None:
     """Run FedMKT over Flower on this machine: a SuperLink and one SuperNode per client on
     127.0.0.1 (real processes), then `flwr run`."""
-    import json
 
     from fedcot.config import dump_config
     from fedcot.federation.flower import absolute_paths, write_flower_app
     from fedcot.federation.flower_local import LocalFederation, threads_per_node
-    from fedcot.runs import check_run_config
 
     cfg = absolute_paths(
         _mkt_config(config, overrides, task, data, rounds, mode, top_k, output_dir)
@@ -585,16 +584,15 @@ def flower_local_cmd(
         mode_s = "TLS + SuperNode auth" if secure else "plain HTTP on loopback"
         err.print(f"SuperLink on {fed.address} ({mode_s}); logs in {fed.logs}")
         res = fed.run(app_dir, {"resume": True} if resume else None, timeout=timeout, echo=True)
-    metrics_file = folder / "metrics.json"
-    state_file = folder / "state.json"
-    done = json.loads(state_file.read_text())["completed_round"] if state_file.exists() else 0
+    run = RunFolder(folder)
+    done = run.load_state().get("completed_round", 0)
     if res.returncode != 0 or done < cfg.rounds:
         raise FedcotError(
             f"the Flower run ended after {done} of {cfg.rounds} rounds (flwr exit code "
             f"{res.returncode})",
             hint=f"see the log above and {work / 'logs'}; --resume continues the run",
         )
-    _print_mkt(cfg, json.loads(metrics_file.read_text()), folder, " over Flower")
+    _print_mkt(cfg, read_json(run.metrics), folder, " over Flower")
 
 
 # -- perturb -------------------------------------------------------------------------------
@@ -694,7 +692,7 @@ def _write_perturbed(
             out.print(r.text, markup=False, highlight=False)
     else:
         target = output or input_path.with_suffix(".perturbed.jsonl")  # type: ignore[union-attr]
-        _write_jsonl_strict(target, [r.public() for r in results])
+        write_jsonl(target, [r.public() for r in results], strict=True)
         out.print(f"perturbed: {target}")
         ledger = ledger or target.with_suffix(".ledger.json")
     if ledger is not None:
@@ -702,7 +700,7 @@ def _write_perturbed(
         perturber.accountant.save(ledger, extra)
         out.print(f"ledger: {ledger}")
     if private_map is not None:
-        _write_jsonl_strict(private_map, [{"id": r.id, "mapping": r.mapping} for r in results])
+        write_jsonl(private_map, [{"id": r.id, "mapping": r.mapping} for r in results], strict=True)
         err.print(f"[yellow]private map (never send it): {private_map}[/]")
     if skipped:
         err.print(f"[yellow]skipped {len(skipped)} bad row(s): {', '.join(skipped[:10])}[/]")
@@ -714,14 +712,6 @@ def _write_perturbed(
             f"{disclosed} value(s) replaced by independent surrogates (type disclosed); "
             f"randomness: {summary['randomness']}"
         )
-
-
-def _write_jsonl_strict(path: Path, rows: list[dict[str, Any]]) -> None:
-    """JSONL that any parser reads: no NaN/Infinity, lone surrogates escaped as U+FFFD."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", errors="replace") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def _read_texts(

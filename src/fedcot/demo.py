@@ -31,6 +31,7 @@ from rich.table import Table
 from fedcot.config import DemoConfig
 from fedcot.privacy.attacks import verbatim_leakage
 from fedcot.privacy.units import split_units
+from fedcot.runs import read_jsonl
 
 if TYPE_CHECKING:
     from fedcot.cot.client import DistillResult
@@ -130,10 +131,6 @@ def _intro(console: Console, cfg: DemoConfig) -> None:
     )
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-
-
 def _leak_check(run: Path, records: list[Example]) -> dict[str, int]:
     """Which sensitive spans of each record appear verbatim in the prompt the server got
     about that record (exactly the prompts in the response cache)."""
@@ -142,9 +139,9 @@ def _leak_check(run: Path, records: list[Example]) -> dict[str, int]:
     from fedcot.models.backends.replay import example_block
 
     task = get_task("private-records")
-    received = {example_block(r["prompt"]) for r in _jsonl(run / "server_cache.jsonl")}
+    received = {example_block(r["prompt"]) for r in read_jsonl(run / "server_cache.jsonl")}
     leaked = total = coincidences = 0
-    for r, p in zip(records, _jsonl(run / "client_private" / "perturbations.jsonl")):
+    for r, p in zip(records, read_jsonl(run / "client_private" / "perturbations.jsonl")):
         block = perturbed_input(task, r, p["text"])
         if block not in received:
             raise RuntimeError(f"the server never received the prompt of record {r.id}")
@@ -169,7 +166,7 @@ def _leak_check(run: Path, records: list[Example]) -> dict[str, int]:
 def _show_one_record(console: Console, run: Path, records: list[Example]) -> str:
     """A record, what the server saw, the server's rationale and the decoded one (the first
     record whose decoded rationale reaches the gold answer, else the first)."""
-    rows = _jsonl(run / "client_private" / "rationales.jsonl")
+    rows = read_jsonl(run / "client_private" / "rationales.jsonl")
     i = next((k for k, r in enumerate(rows) if r["agrees"]), 0)
     row = rows[i]
     console.print(Panel(records[i].question, title=f"record {i} (stays on the client)"))
@@ -189,8 +186,8 @@ def _paired_gain(run: Path) -> tuple[float, float, float] | None:
     )
     if not (before.exists() and after.exists()):
         return None
-    b = [r["correct"] for r in _jsonl(before)]
-    a = [r["correct"] for r in _jsonl(after)]
+    b = [r["correct"] for r in read_jsonl(before)]
+    a = [r["correct"] for r in read_jsonl(after)]
     return paired_difference(b, a)
 
 

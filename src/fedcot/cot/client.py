@@ -13,7 +13,6 @@ answer, so it is also the audit record of what the server saw.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -36,7 +35,8 @@ from fedcot.models.backends.base import Backend
 from fedcot.privacy.accountant import PrivacyAccountant
 from fedcot.privacy.perturb import Perturbation, Perturber, UnitDraw
 from fedcot.progress import progress_bar
-from fedcot.runs import check_run_config, package_versions, write_json
+from fedcot.runs import RunFolder as BaseRunFolder
+from fedcot.runs import package_versions, read_json, read_jsonl, write_json, write_jsonl
 
 __all__ = ["DistillResult", "RunFolder", "fidelity_summary", "load_examples", "run_distill"]
 
@@ -48,20 +48,8 @@ _UNAVAILABLE = "[unavailable]"  # what the encoder-decoder returns when it canno
 # --------------------------------------------------------------------------------------
 
 
-class RunFolder:
-    """The files of one run (see docs/fedcot.md for the layout)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    # layout
-    @property
-    def config(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def manifest(self) -> Path:
-        return self.path / "manifest.json"
+class RunFolder(BaseRunFolder):
+    """The files of one FedCoT run (see docs/fedcot.md for the layout)."""
 
     @property
     def cache(self) -> Path:
@@ -87,48 +75,6 @@ class RunFolder:
     @property
     def train_dir(self) -> Path:
         return self.path / "train"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.json"
-
-    @property
-    def plots(self) -> Path:
-        return self.path / "plots"
-
-    @property
-    def state(self) -> Path:
-        return self.path / "state.json"
-
-    def open(self, cfg: DistillConfig, *, resume: bool) -> None:
-        """Create the folder (or check that a resumed one belongs to the same config)."""
-        text = dump_config(cfg)
-        check_run_config(self.config, text, resume=resume)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.private.mkdir(exist_ok=True)
-        self.config.write_text(text, encoding="utf-8")
-
-    def load_state(self) -> dict[str, Any]:
-        if self.state.exists():
-            return json.loads(self.state.read_text(encoding="utf-8"))
-        return {}
-
-    def save_state(self, state: dict[str, Any]) -> None:
-        write_json(self.state, state)
-
-
-def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 # --------------------------------------------------------------------------------------
@@ -349,7 +295,8 @@ class _Context:
     @classmethod
     def open(cls, cfg: DistillConfig, resume: bool, console: Console, progress: bool) -> _Context:
         run = RunFolder(cfg.output_dir)
-        run.open(cfg, resume=resume)
+        run.open(dump_config(cfg), resume=resume)
+        run.private.mkdir(exist_ok=True)
         state = run.load_state()
         state.setdefault("started", datetime.now(timezone.utc).isoformat(timespec="seconds"))
         run.save_state(state)
@@ -420,7 +367,7 @@ def _evaluate_stage(ctx: _Context, backend: Backend, test: list[Example], name: 
     """Score ``backend`` on the test examples (reloaded when a resumed run already did)."""
     done = ctx.run.path / "eval" / f"{name}.json"
     if name == "before" and ctx.resume and done.exists():
-        summary = json.loads(done.read_text())
+        summary = read_json(done)
     else:
 
         def score() -> dict[str, Any]:
@@ -534,7 +481,7 @@ def _perturb_stage(
         return [None] * len(train), sent, encdec
     fields = [field_text(task, ex) for ex in train]
     if ctx.resume and run.perturbations.exists():
-        perturbations = [_perturbation_from_row(r) for r in _read_jsonl(run.perturbations)]
+        perturbations = [_perturbation_from_row(r) for r in read_jsonl(run.perturbations)]
         if [p.original for p in perturbations] != fields:
             raise ConfigError(
                 f"{run.perturbations} does not match the training data",
@@ -543,7 +490,7 @@ def _perturb_stage(
     else:
         perturber = Perturber.from_config(cfg.privacy)
         perturbations = list(perturber.perturb(fields, [ex.id for ex in train]))
-        _write_jsonl(run.perturbations, [_perturbation_row(p) for p in perturbations])
+        write_jsonl(run.perturbations, [_perturbation_row(p) for p in perturbations])
         if cfg.strategy != "none":
             perturber.accountant.save(run.ledger)
     privacy_info.update(_privacy_summary(cfg, run))
@@ -607,7 +554,7 @@ def _decode_stage(
             }
         )
         examples.append(Example(**{**it.example.to_dict(), "rationale": body if keep else None}))
-    _write_jsonl(ctx.run.rationales, rows)
+    write_jsonl(ctx.run.rationales, rows)
     info = fidelity_summary(rows, cfg.filter)
     ctx.console.print(
         f"rationale fidelity: {info['agree_with_gold']}/{info['requested']} decoded rationales "
@@ -723,10 +670,10 @@ def _encoder_decoder(
     )
     encoded_path = run.private / "encoded.jsonl"
     if resume and encoded_path.exists():
-        sent = [r["text"] for r in _read_jsonl(encoded_path)]
+        sent = [r["text"] for r in read_jsonl(encoded_path)]
     else:
         sent = encdec.encode(originals, seed=cfg.seed)
-        _write_jsonl(encoded_path, [{"text": t} for t in sent])
+        write_jsonl(encoded_path, [{"text": t} for t in sent])
     return encdec, sent
 
 
