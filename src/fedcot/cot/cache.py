@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedcot.data.prompts import Prompt
 from fedcot.errors import DataError
-from fedcot.models.backends.base import Backend, GenerationParams, Prompt
+from fedcot.models.backends.base import Backend, GenerationParams
 
 __all__ = ["AskStats", "CachedAnswer", "RationaleCache", "ask_cached"]
 

@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedcot.data.prompts import ChatMessage, Prompt, render_prompt
 from fedcot.errors import BackendError, ConfigError
-from fedcot.models.backends.base import ChatMessage, GenerationParams, Prompt
+from fedcot.models.backends.base import GenerationParams
 from fedcot.privacy.perturb import PerturbConfig, Perturber
 from fedcot.train.multitask import TrainConfig
 
@@ -189,7 +190,7 @@ def encoder_decoder_items(
     decode: prompt :func:`decode_prompt` (perturbed, its rationale, original), target = the
     rationale for the original.
     """
-    from fedcot.train.multitask import SFTItem, render_prompt
+    from fedcot.train.multitask import SFTItem
 
     n = len(originals)
     if not (len(perturbed) == len(original_rationales) == len(perturbed_rationales) == n):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fedcot.data.prompts import Prompt
 from fedcot.data.tasks import NLI_LABELS_2WAY, Example, NLITask, Task
 from fedcot.errors import ConfigError
-from fedcot.models.backends.base import Prompt
 
 __all__ = ["PUBLIC_SHOTS", "fewshot_examples", "server_prompt"]
 

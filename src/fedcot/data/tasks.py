@@ -13,13 +13,11 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fedcot.data.arithmetic import evaluate
+from fedcot.data.prompts import Prompt
 from fedcot.errors import ConfigError, DataError
-
-if TYPE_CHECKING:  # only for annotations: keeps `fedcot.data` free of backend imports
-    from fedcot.models.backends.base import Prompt
 
 __all__ = [
     "NLI_LABELS_2WAY",

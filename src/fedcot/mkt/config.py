@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from fedcot.config import DataFields, _Strict, data_fields
+from fedcot.train.config import LoraSettings
 
 __all__ = ["MKTConfig", "MKTTrainConfig", "PartyConfig"]
 
@@ -27,18 +28,23 @@ class PartyConfig(_Strict):
         return v.strip() if v else v
 
 
-class MKTTrainConfig(_Strict):
-    """How every party trains (LoRA on all linear layers, AdamW)."""
+class _MKTSteps(_Strict):
+    """The keys of ``[train]`` that come before the LoRA ones (see :class:`LoraSettings`)."""
 
     local_steps: int = Field(20, ge=0, description="client steps on its private data per round")
     server_steps: int = Field(20, ge=0, description="server distillation steps per round")
     client_steps: int = Field(20, ge=0, description="client distillation steps per round")
     batch_size: int = Field(4, ge=1, le=256)
     learning_rate: float = Field(2e-4, gt=0.0)
-    lora_r: int = Field(16, ge=1, le=1024)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    lora_targets: str | list[str] = "all-linear"
+
+
+class MKTTrainConfig(LoraSettings, _MKTSteps):
+    """How every party trains (LoRA on all linear layers, AdamW).
+
+    The LoRA keys (``lora_r``, ``lora_alpha``, ``lora_dropout``, ``lora_targets``) are the
+    shared :class:`~fedcot.train.config.LoraSettings`.
+    """
+
     max_length: int = Field(256, ge=8, description="tokens per sequence (prompt cut on the left)")
 
 

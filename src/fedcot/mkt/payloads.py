@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
-from fedcot.mkt.align import SparseRows
+from fedcot.train.sparse import SparseRows
 
 __all__ = ["AdapterMessage", "LogitsMessage", "SampleLogits", "TensorBlob"]
 

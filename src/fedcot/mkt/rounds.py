@@ -38,12 +38,14 @@ from rich.console import Console
 from fedcot.config import dump_config
 from fedcot.data.tasks import Example, Task, get_task
 from fedcot.errors import ConfigError
-from fedcot.mkt.align import SparseRows, continuation_rows, transfer_rows
+from fedcot.mkt.align import continuation_rows, transfer_rows
 from fedcot.mkt.config import MKTConfig
 from fedcot.mkt.payloads import AdapterMessage, LogitsMessage, SampleLogits, TensorBlob
 from fedcot.mkt.selection import answer_loss, select_targets
 from fedcot.progress import progress_bar
 from fedcot.runs import check_run_config, package_versions, write_json
+from fedcot.train.config import IGNORE_INDEX
+from fedcot.train.sparse import SparseRows
 
 if TYPE_CHECKING:
     from fedcot.evaluation import EvalResult
@@ -71,7 +73,7 @@ class PublicItem:
 
     @property
     def start(self) -> int:
-        return next(i for i, lab in enumerate(self.labels) if lab != -100)
+        return next(i for i, lab in enumerate(self.labels) if lab != IGNORE_INDEX)
 
     @property
     def answer_ids(self) -> list[int]:
@@ -359,7 +361,6 @@ def load_party(cfg: MKTConfig, name: str) -> Party:
 
     from fedcot.models.registry import load_model
     from fedcot.train.lora import apply_lora
-    from fedcot.train.multitask import TrainConfig
 
     names = cfg.party_names()
     if name not in names:
@@ -367,17 +368,10 @@ def load_party(cfg: MKTConfig, name: str) -> Party:
     index = names.index(name)
     model_name = cfg.server.model if index == 0 else cfg.clients[index - 1].model
     model, tokenizer = load_model(model_name)
-    t = cfg.train
-    lora_cfg = TrainConfig(
-        lora_r=t.lora_r,
-        lora_alpha=t.lora_alpha,
-        lora_dropout=t.lora_dropout,
-        lora_targets=t.lora_targets,
-    )
     torch.manual_seed(_seed(cfg.seed, 0, index, 0))  # the LoRA init
-    model = apply_lora(model, lora_cfg)
+    model = apply_lora(model, cfg.train)  # MKTTrainConfig holds the LoRA settings
     model.eval()
-    return Party(name, model_name, model, tokenizer, max_length=t.max_length)
+    return Party(name, model_name, model, tokenizer, max_length=cfg.train.max_length)
 
 
 def train_party(

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from fedcot.mkt.align import SparseRows, mix_rows
+from fedcot.mkt.align import mix_rows
+from fedcot.train.sparse import SparseRows
 
 __all__ = [
     "SELECTIONS",

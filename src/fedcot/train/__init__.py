@@ -9,11 +9,14 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "IGNORE_INDEX",
     "LengthBucketSampler",
+    "LoraSettings",
     "MultiTaskArguments",
     "MultiTaskCollator",
     "MultiTaskTrainer",
     "SFTItem",
+    "SparseRows",
     "TrainConfig",
     "TrainResult",
     "apply_lora",
@@ -29,7 +32,17 @@ __all__ = [
 ]
 
 _WHERE = {name: "fedcot.train.multitask" for name in __all__}
-_WHERE.update(apply_lora="fedcot.train.lora", load_trained="fedcot.train.lora")
+_WHERE.update(
+    IGNORE_INDEX="fedcot.train.config",
+    LengthBucketSampler="fedcot.train.steps",
+    LoraSettings="fedcot.train.config",
+    MultiTaskArguments="fedcot.train.hf_trainer",
+    MultiTaskTrainer="fedcot.train.hf_trainer",
+    SparseRows="fedcot.train.sparse",
+    apply_lora="fedcot.train.lora",
+    load_trained="fedcot.train.lora",
+    render_prompt="fedcot.data.prompts",
+)
 
 
 def __getattr__(name: str) -> Any:

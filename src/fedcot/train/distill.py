@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedcot.errors import ConfigError
+from fedcot.train.config import IGNORE_INDEX
+from fedcot.train.steps import accepts_logits_to_keep
 
 if TYPE_CHECKING:
-    from fedcot.mkt.align import SparseRows
+    from fedcot.train.sparse import SparseRows
 
 __all__ = ["KDItem", "TrainStats", "batch_forward", "kd_loss_terms", "train_steps"]
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -78,12 +78,10 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any, Any
 
 def batch_forward(model: Any, seqs: Sequence[Sequence[int]], keep: int, pad_id: int) -> Any:
     """Logits [B, keep, V] of the last ``keep`` positions of each (left-padded) sequence."""
-    from fedcot.train.multitask import _accepts_logits_to_keep
-
     ids, mask, positions = _left_pad(seqs, pad_id)
     keep = max(1, min(keep, ids.shape[1]))
     kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
-    if _accepts_logits_to_keep(model):
+    if accepts_logits_to_keep(model):
         kwargs["logits_to_keep"] = keep
     out = model(**kwargs)
     return out.logits[:, -keep:, :]

@@ -14,7 +14,7 @@ from fedcot.errors import ConfigError, ModelNotFoundError
 if TYPE_CHECKING:
     from peft import PeftModel
 
-    from fedcot.train.multitask import TrainConfig
+    from fedcot.train.config import LoraSettings
 
 __all__ = ["apply_lora", "linear_module_names", "load_trained"]
 
@@ -40,8 +40,11 @@ def linear_module_names(model: Any) -> list[str]:
     return sorted(names)
 
 
-def apply_lora(model: Any, cfg: TrainConfig) -> PeftModel:
+def apply_lora(model: Any, cfg: LoraSettings) -> PeftModel:
     """Wrap ``model`` with a fresh LoRA adapter (only the adapter is trainable).
+
+    ``cfg`` is any config holding the LoRA settings (FedCoT's ``TrainConfig``, FedMKT's
+    ``MKTTrainConfig``).
 
     A model that already is a PeftModel (an adapter from an earlier round) is returned as
     it is, with its adapter weights trainable.

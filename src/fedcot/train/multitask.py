@@ -13,14 +13,16 @@ EOS that ends them) count; prompt and padding tokens are masked with ``-100``.
 
 A step is one forward and one backward: every sequence of the batch's groups, of every kind,
 goes into one right-padded batch, and the per-kind losses are read off that one output through
-each row's kind. Batches are length-grouped (:class:`LengthBucketSampler`) so that little of
-that batch is padding, and the trainer reports its throughput: non-pad input tokens and target
-tokens per second of training steps, and the share of the machine's float32 matmul rate that
-this amounts to (:func:`training_flops_per_token`, :func:`measure_matmul_gflops`).
+each row's kind (:func:`~fedcot.train.steps.weighted_loss`). Batches are length-grouped
+(:class:`~fedcot.train.steps.LengthBucketSampler`) so that little of that batch is padding,
+and the trainer reports its throughput: non-pad input tokens and target tokens per second of
+training steps, and the share of the machine's float32 matmul rate that this amounts to
+(:func:`training_flops_per_token`, :func:`measure_matmul_gflops`).
 
-:class:`TrainConfig` and the data helpers import neither torch nor transformers;
-:class:`MultiTaskArguments` and :class:`MultiTaskTrainer` subclass the transformers classes and
-are built on first access, so that reading a config stays fast.
+:class:`TrainConfig` and the data helpers import neither torch nor transformers; the
+transformers subclasses (``MultiTaskArguments``, ``MultiTaskTrainer``) live in
+:mod:`fedcot.train.hf_trainer`, which :func:`train_multitask` imports when it runs, so that
+reading a config stays fast.
 """
 
 from __future__ import annotations
@@ -37,24 +39,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
+from fedcot.data.prompts import render_prompt
 from fedcot.errors import ConfigError
-from fedcot.models.backends.base import render_prompt
+from fedcot.train.config import IGNORE_INDEX, LoraSettings
+from fedcot.train.steps import LengthBucketSampler, eval_mean, group_length
 
 if TYPE_CHECKING:
     from fedcot.data.tasks import Example, Task
+    from fedcot.train.steps import Throughput
 
 __all__ = [
     "IGNORE_INDEX",
     "LengthBucketSampler",
-    "MultiTaskArguments",  # noqa: F822 - built on first access (module __getattr__)
     "MultiTaskCollator",
-    "MultiTaskTrainer",  # noqa: F822
     "SFTItem",
     "TrainConfig",
     "TrainResult",
     "default_loss_weights",
+    "eval_mean",
+    "group_length",
     "measure_matmul_gflops",
     "multitask_items",
     "render_prompt",
@@ -65,9 +70,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Label value of tokens that do not count in the loss (prompt and padding).
-IGNORE_INDEX = -100
 
 
 # --------------------------------------------------------------------------------------
@@ -128,8 +130,8 @@ def multitask_items(
 # --------------------------------------------------------------------------------------
 
 
-class TrainConfig(BaseModel):
-    """How a client model is fine-tuned (the ``[train]`` table of a run config)."""
+class _TrainObjective(BaseModel):
+    """The keys of ``[train]`` that come before the LoRA ones (see :class:`LoraSettings`)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -142,14 +144,15 @@ class TrainConfig(BaseModel):
     method: Literal["lora", "full"] = Field(
         "lora", description="'lora': train a LoRA adapter; 'full': train every weight"
     )
-    lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank")
-    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input")
-    lora_targets: str | list[str] = Field(
-        "all-linear",
-        description="modules that get LoRA: 'all-linear', or module names such as "
-        "['q_proj', 'v_proj']",
-    )
+
+
+class TrainConfig(LoraSettings, _TrainObjective):
+    """How a client model is fine-tuned (the ``[train]`` table of a run config).
+
+    The LoRA keys (``lora_r``, ``lora_alpha``, ``lora_dropout``, ``lora_targets``) are the
+    shared :class:`~fedcot.train.config.LoraSettings`.
+    """
+
     epochs: float = Field(1.0, gt=0.0, description="passes over the training data")
     max_steps: int | None = Field(
         None, ge=1, description="optimizer steps; overrides epochs when set"
@@ -182,18 +185,6 @@ class TrainConfig(BaseModel):
         True, description="evaluate the loss on the eval data after each epoch"
     )
     seed: int = Field(0, ge=0, description="seed of LoRA init, data order and dropout")
-
-    @field_validator("lora_targets")
-    @classmethod
-    def _targets(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, str):
-            if not v.strip():
-                raise ValueError("lora_targets is empty")
-            return v.strip()
-        names = [str(x).strip() for x in v]
-        if not names or not all(names):
-            raise ValueError("lora_targets needs at least one module name")
-        return names
 
 
 def default_loss_weights(alpha: float) -> dict[str, float]:
@@ -290,126 +281,6 @@ class MultiTaskCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, "kind_ids": kind_ids}
 
 
-def group_length(group: Sequence[Mapping[str, Any]]) -> int:
-    """The padded width a group asks of its batch: its longest sequence."""
-    return max((len(s["input_ids"]) for s in group), default=0)
-
-
-class LengthBucketSampler:
-    """Training order in which each optimizer step's groups have similar lengths.
-
-    Per epoch: the groups are sorted by :func:`group_length` (ties broken at random), cut
-    into buckets of ``bucket_size`` groups (the examples of one optimizer step: device batch
-    size × gradient accumulation), and the order of the buckets is shuffled. A bucket that
-    is not full (the remainder) holds the shortest groups and always comes last, so that
-    every device batch stays inside one bucket. The permutation depends only on ``seed`` and
-    the epoch (:meth:`set_epoch`, called by the Trainer): runs are reproducible and a resumed
-    run skips exactly the batches it had trained.
-    """
-
-    def __init__(self, lengths: Sequence[int], bucket_size: int, seed: int = 0) -> None:
-        if bucket_size < 1:
-            raise ValueError("bucket_size must be at least 1")
-        self.lengths = [int(n) for n in lengths]
-        self.bucket_size = int(bucket_size)
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the permutation of ``epoch``."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def buckets(self) -> list[list[int]]:
-        """This epoch's buckets of dataset indices, in training order."""
-        import numpy as np
-
-        rng = np.random.default_rng([self.seed, self.epoch])
-        shuffled = rng.permutation(len(self.lengths)).tolist()
-        ordered = sorted(shuffled, key=lambda i: self.lengths[i])  # stable: random ties
-        rest = len(ordered) % self.bucket_size
-        head, body = ordered[:rest], ordered[rest:]
-        full = [body[i : i + self.bucket_size] for i in range(0, len(body), self.bucket_size)]
-        order = rng.permutation(len(full)).tolist()
-        return [full[i] for i in order] + ([head] if head else [])
-
-    def __iter__(self) -> Any:
-        return iter([i for bucket in self.buckets() for i in bucket])
-
-
-# --------------------------------------------------------------------------------------
-# Loss
-# --------------------------------------------------------------------------------------
-
-
-def _accepts_logits_to_keep(model: Any) -> bool:
-    import inspect
-
-    inner = model
-    get_base = getattr(inner, "get_base_model", None)  # PeftModel
-    if callable(get_base):
-        inner = get_base()
-    try:
-        return "logits_to_keep" in inspect.signature(inner.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _weighted_loss(
-    model: Any, inputs: Mapping[str, Any], weights: Any, use_logits_to_keep: bool
-) -> tuple[Any, dict[int, Any], Any]:
-    """(loss, {kind index: mean sequence CE}, outputs) of one collated batch."""
-    import torch
-    import torch.nn.functional as F
-
-    labels = inputs["labels"]
-    kind_ids = inputs["kind_ids"]
-    model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "kind_ids")}
-    width = labels.shape[1]
-    counted = labels.ne(IGNORE_INDEX)
-    rows = counted.any(dim=1)
-    # Only positions that predict a target token need logits: from the earliest target
-    # token minus one (a large saving with big vocabularies and long prompts).
-    first = int(counted[rows].float().argmax(dim=1).min()) if bool(rows.any()) else 1
-    start = max(first - 1, 0)
-    if use_logits_to_keep and start > 0:
-        outputs = model(**model_inputs, logits_to_keep=width - start)
-        logits = outputs.logits
-    else:
-        outputs = model(**model_inputs)
-        logits = outputs.logits[:, start:]
-    # logits[:, j] is position start + j and predicts token start + j + 1.
-    logits = logits[:, :-1].float()
-    targets = labels[:, start + 1 :]
-    token_ce = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view(targets.shape)
-    n_tokens = targets.ne(IGNORE_INDEX).sum(dim=1)
-    seq_ce = token_ce.sum(dim=1) / n_tokens.clamp(min=1)
-    has_target = n_tokens > 0
-    loss = logits.new_zeros(())
-    per_kind: dict[int, Any] = {}
-    for k in torch.unique(kind_ids[has_target]).tolist():
-        sel = (kind_ids == k) & has_target
-        mean_k = seq_ce[sel].mean()
-        per_kind[int(k)] = mean_k
-        loss = loss + weights[int(k)] * mean_k
-    return loss, per_kind, outputs
-
-
-def eval_mean(loss: Any, per_kind: Mapping[int, Any], weights: Any) -> Any:
-    """The evaluation loss: the weighted sum over the kinds present in the batch divided by
-    their weights, so a label-only evaluation set reports the label loss itself rather
-    than (1 − α) times it; with every kind present it equals the training objective."""
-    present = sum(float(weights[k]) for k in per_kind)
-    return loss / present if present > 0 else loss
-
-
 # --------------------------------------------------------------------------------------
 # Throughput
 # --------------------------------------------------------------------------------------
@@ -457,29 +328,6 @@ def measure_matmul_gflops(seconds: float = 1.0, size: int = 1024) -> float:
             return 2.0 * size**3 * n / dt / 1e9
 
 
-@dataclass
-class _Throughput:
-    """Running totals of the training steps: tokens and the seconds they took."""
-
-    tokens: int = 0
-    target_tokens: int = 0
-    padded_tokens: int = 0
-    seconds: float = 0.0
-
-    def rates(self, since: _Throughput | None = None, prefix: str = "") -> dict[str, float]:
-        """Tokens and target tokens per second (since an earlier snapshot)."""
-        base = since or _Throughput()
-        dt = self.seconds - base.seconds
-        if dt <= 0:
-            return {}
-        return {
-            f"{prefix}tokens_per_second": round((self.tokens - base.tokens) / dt, 2),
-            f"{prefix}target_tokens_per_second": round(
-                (self.target_tokens - base.target_tokens) / dt, 2
-            ),
-        }
-
-
 _MATMUL_GFLOPS: list[float] = []
 
 
@@ -488,155 +336,6 @@ def _machine_matmul_gflops() -> float:
     if not _MATMUL_GFLOPS:
         _MATMUL_GFLOPS.append(measure_matmul_gflops(seconds=0.5))
     return _MATMUL_GFLOPS[0]
-
-
-# --------------------------------------------------------------------------------------
-# transformers subclasses (built on first access: importing transformers takes seconds)
-# --------------------------------------------------------------------------------------
-
-_HF_CLASSES = ("MultiTaskArguments", "MultiTaskTrainer")
-
-
-def _hf_classes() -> tuple[Any, Any]:
-    """(MultiTaskArguments, MultiTaskTrainer), defined on the first call."""
-    if "MultiTaskTrainer" in globals():
-        return globals()["MultiTaskArguments"], globals()["MultiTaskTrainer"]
-    from dataclasses import field as _field
-
-    import transformers
-
-    @dataclass
-    class MultiTaskArguments(transformers.TrainingArguments):
-        """TrainingArguments plus the per-kind loss weights and the sequence length."""
-
-        loss_weights: dict[str, float] = _field(
-            default_factory=lambda: {"label": 0.5, "rationale": 0.5},
-            metadata={"help": "loss weight of each sequence kind"},
-        )
-        max_length: int = _field(default=384, metadata={"help": "tokens per sequence"})
-        length_buckets: bool = _field(
-            default=True,
-            metadata={"help": "length-grouped training batches (LengthBucketSampler)"},
-        )
-
-    class StepTimer(transformers.TrainerCallback):
-        """Adds up the seconds of training steps: forward, backward and optimizer step."""
-
-        def __init__(self, meter: _Throughput) -> None:
-            self.meter = meter
-            self._t0: float | None = None
-
-        def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-            self._t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-            if self._t0 is not None:
-                self.meter.seconds += time.perf_counter() - self._t0
-                self._t0 = None
-
-    class MultiTaskTrainer(transformers.Trainer):
-        """Trainer whose loss is the weighted sum of per-kind mean sequence cross-entropies.
-
-        Batches come from :class:`MultiTaskCollator`: all sequences of all kinds in one
-        padded batch, so a step is one forward and one backward. The model never sees
-        ``labels``: the loss is computed here, so the weighting is exact. The loss is a
-        per-batch mean, so the Trainer divides it by the gradient-accumulation steps.
-        Per-kind losses appear in the log history as ``loss_<kind>`` (training) and
-        ``eval_loss_<kind>``; ``tokens_per_second`` and ``target_tokens_per_second`` (since
-        the last log) next to them, and run totals (``train_tokens_per_second``, ...) in the
-        final log. Training batches are length-grouped (``length_buckets``).
-        """
-
-        loss_is_scaled_for_ga = False
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            # The loss ignores num_items_in_batch; this skips counting label tokens.
-            self.model_accepts_loss_kwargs = False
-            weights = getattr(self.args, "loss_weights", None) or {"label": 0.5, "rationale": 0.5}
-            self.kinds: list[str] = list(weights)
-            self.kind_weights: list[float] = [float(weights[k]) for k in self.kinds]
-            self._use_logits_to_keep = _accepts_logits_to_keep(self.model)
-            self._kind_sums: dict[str, dict[int, list[float]]] = {"train": {}, "eval": {}}
-            self.throughput = _Throughput()
-            self._logged = _Throughput()
-            self.add_callback(StepTimer(self.throughput))
-
-        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            if not getattr(self.args, "length_buckets", False) or not isinstance(dataset, Sequence):
-                return super()._get_train_sampler(train_dataset)
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return LengthBucketSampler(
-                [group_length(g) for g in dataset],
-                self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                seed=seed,
-            )
-
-        def compute_loss(
-            self,
-            model: Any,
-            inputs: dict[str, Any],
-            return_outputs: bool = False,
-            num_items_in_batch: Any = None,
-        ) -> Any:
-            loss, per_kind, outputs = _weighted_loss(
-                model, inputs, self.kind_weights, self._use_logits_to_keep
-            )
-            if not model.training:
-                loss = eval_mean(loss, per_kind, self.kind_weights)
-            else:
-                meter = self.throughput
-                mask = inputs.get("attention_mask")
-                ids = inputs["input_ids"]
-                meter.tokens += int(mask.sum()) if mask is not None else int(ids.numel())
-                meter.target_tokens += int(inputs["labels"].ne(IGNORE_INDEX).sum())
-                meter.padded_tokens += int(ids.numel())
-            sums = self._kind_sums["train" if model.training else "eval"]
-            for k, v in per_kind.items():
-                acc = sums.setdefault(k, [0.0, 0])
-                acc[0] += float(v.detach())
-                acc[1] += 1
-            return (loss, outputs) if return_outputs else loss
-
-        def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-            self._kind_sums["eval"] = {}
-            return super().evaluate(*args, **kwargs)
-
-        def _flush(self, phase: str, prefix: str, logs: dict[str, float]) -> None:
-            for k, (total, count) in sorted(self._kind_sums[phase].items()):
-                if count:
-                    logs[f"{prefix}{self.kinds[k]}"] = round(total / count, 6)
-            self._kind_sums[phase] = {}
-
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "loss" in logs:
-                self._flush("train", "loss_", logs)
-                logs.update(self.throughput.rates(since=self._logged))
-                self._logged = _Throughput(**vars(self.throughput))
-            if "train_runtime" in logs:  # the final log of train()
-                meter = self.throughput
-                logs.update(meter.rates(prefix="train_"))
-                logs["train_tokens"] = meter.tokens
-                logs["train_target_tokens"] = meter.target_tokens
-                logs["train_step_seconds"] = round(meter.seconds, 3)
-            if "eval_loss" in logs:
-                self._flush("eval", "eval_loss_", logs)
-            super().log(logs, start_time)
-
-    MultiTaskArguments.__module__ = MultiTaskTrainer.__module__ = __name__
-    MultiTaskArguments.__qualname__ = "MultiTaskArguments"
-    MultiTaskTrainer.__qualname__ = "MultiTaskTrainer"
-    globals()["MultiTaskArguments"] = MultiTaskArguments
-    globals()["MultiTaskTrainer"] = MultiTaskTrainer
-    return MultiTaskArguments, MultiTaskTrainer
-
-
-def __getattr__(name: str) -> Any:
-    if name in _HF_CLASSES:
-        _hf_classes()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------
@@ -756,65 +455,10 @@ def _prepare_data(
     return kept
 
 
-def _rich_progress_callback_cls() -> Any:
-    from transformers import TrainerCallback
-
-    class RichProgress(TrainerCallback):
-        """A rich progress bar over optimiser steps, showing the latest losses."""
-
-        def __init__(self) -> None:
-            self._progress: Any = None
-            self._task: Any = None
-
-        def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            from fedcot.progress import console
-
-            self._progress = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                TextColumn("{task.description}"),
-                console=console,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task(
-                "", total=state.max_steps, completed=state.global_step
-            )
-
-        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-            if self._progress is not None:
-                self._progress.update(self._task, completed=state.global_step)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
-            if self._progress is not None and logs:
-                shown = {k: v for k, v in logs.items() if k.startswith(("loss", "eval_loss"))}
-                text = "  ".join(f"{k} {v:.3f}" for k, v in shown.items())
-                if "tokens_per_second" in logs:
-                    text += f"  {logs['tokens_per_second']:.0f} tok/s"
-                self._progress.update(self._task, description=text)
-
-        def on_train_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-            if self._progress is not None:
-                self._progress.stop()
-                self._progress = None
-
-    return RichProgress
-
-
 def _rich_progress() -> Any:
-    return _rich_progress_callback_cls()()
+    from fedcot.train.hf_trainer import RichProgress
+
+    return RichProgress()
 
 
 def _progress_enabled(progress: bool) -> bool:
@@ -823,7 +467,7 @@ def _progress_enabled(progress: bool) -> bool:
 
 def _throughput(trainer: Any, model: Any, matmul_gflops: float | None) -> dict[str, Any]:
     """The TrainResult fields on speed (the rates are derived from them)."""
-    meter: _Throughput = trainer.throughput
+    meter: Throughput = trainer.throughput
     return {
         "tokens": meter.tokens,
         "target_tokens": meter.target_tokens,
@@ -929,9 +573,10 @@ def train_multitask(
     train_ds = tokenize_groups(data, tokenizer, cfg.max_length)
     eval_ds = tokenize_groups(eval_data, tokenizer, cfg.max_length) if eval_data else None
 
-    arguments_cls, trainer_cls = _hf_classes()
     import torch
     from transformers import PrinterCallback
+
+    from fedcot.train.hf_trainer import MultiTaskArguments, MultiTaskTrainer
 
     t0 = time.perf_counter()
     with _preserve_rng():
@@ -944,7 +589,7 @@ def train_multitask(
             model.requires_grad_(True)
         evaluating = eval_ds is not None
         show = _progress_enabled(progress)
-        args = arguments_cls(
+        args = MultiTaskArguments(
             output_dir=str(ckpt_dir),
             loss_weights=active,
             max_length=cfg.max_length,
@@ -974,7 +619,7 @@ def train_multitask(
             dataloader_pin_memory=False,
             disable_tqdm=True,
         )
-        trainer = trainer_cls(
+        trainer = MultiTaskTrainer(
             model=model,
             args=args,
             data_collator=MultiTaskCollator(tokenizer.pad_token_id, kinds),

@@ -9,16 +9,26 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-ChatMessage = dict[str, str]
-"""One chat turn: ``{"role": "system"|"user"|"assistant", "content": str}``."""
+# What a prompt is and how it renders live in the data layer; re-exported for the backends.
+from fedcot.data.prompts import ChatMessage, Prompt, is_chat, render_prompt
 
-Prompt = str | list[ChatMessage]
-"""A plain-completion prompt (str) or a chat conversation (list of messages)."""
-
+__all__ = [
+    "GREEDY_BELOW",
+    "Backend",
+    "ChatMessage",
+    "Completion",
+    "FinishReason",
+    "GenerationParams",
+    "Prompt",
+    "TopKLogprobs",
+    "apply_stop",
+    "is_chat",
+    "render_prompt",
+]
 
 GREEDY_BELOW = 1e-5
 """Temperatures below this decode greedily."""
@@ -132,37 +142,3 @@ def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
         if i != -1 and i < cut:
             cut = i
     return text[:cut], cut < len(text)
-
-
-def is_chat(prompt: Prompt) -> bool:
-    """True for a chat conversation, False for a plain string prompt."""
-    if isinstance(prompt, str):
-        return False
-    if isinstance(prompt, list) and all(
-        isinstance(m, dict) and "role" in m and "content" in m for m in prompt
-    ):
-        return True
-    raise TypeError(
-        "a prompt is either a string or a list of {'role': ..., 'content': ...} messages, "
-        f"got {type(prompt).__name__}"
-    )
-
-
-def render_prompt(tokenizer: Any, prompt: Prompt) -> tuple[str, bool]:
-    """Prompt → (text, whether the tokenizer should add its special tokens).
-
-    A chat goes through the tokenizer's chat template with the generation prompt (which
-    already holds BOS and role markers); a string is used as is. The one rendering rule of
-    generation, scoring and training.
-    """
-    if not is_chat(prompt):
-        return str(prompt), True
-    if getattr(tokenizer, "chat_template", None) is None:
-        from fedcot.errors import ConfigError
-
-        raise ConfigError(
-            "the tokenizer has no chat template, so chat prompts cannot be rendered",
-            hint="build plain prompts (chat = false) for this model",
-        )
-    text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-    return str(text), False
