@@ -138,7 +138,7 @@ def run_flower(sets: list[str], threads: int) -> dict:
 
 
 def run_inprocess(sets: list[str]) -> dict:
-    from fedcot.mkt.rounds import run_mkt
+    from fedcot.mkt import run_mkt
 
     folder = OUT / "in-process-run"
     if folder.exists():

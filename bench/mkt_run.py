@@ -27,8 +27,8 @@ ROWS = ("mutual", "one-way", "standalone")
 
 def _run(row: str, task: str, sets: list[str]) -> None:
     from fedcot.config import load_config
+    from fedcot.mkt import run_mkt
     from fedcot.mkt.config import MKTConfig
-    from fedcot.mkt.rounds import run_mkt
 
     folder = OUT / f"{task}-{row}"
     if folder.exists():

@@ -276,7 +276,7 @@ def _federation(tmp_path: Path, state: Path):
 def _assert_same_as_in_process(cfg, state: Path, round_no: int, tmp_path: Path):
     """The adapters of every party after ``round_no`` equal an in-process run's, bit for bit
     (the server's in its run folder, each client's in its state folder). Returns that run."""
-    from fedcot.mkt.rounds import run_mkt
+    from fedcot.mkt import run_mkt
 
     got = {"server": read_adapters(Path(cfg.output_dir), round_no)["server"]}
     for party in ("client-1", "client-2"):

@@ -167,7 +167,7 @@ def test_config_rules():
 
 
 def test_mutual_rounds_end_to_end(tmp_path, tiny_parties, rte_folder):
-    from fedcot.mkt.rounds import run_mkt
+    from fedcot.mkt import run_mkt
 
     seen: list[tuple[int, str, str]] = []
     cfg = mkt_cfg(tmp_path, tiny_parties, rte_folder)
@@ -222,7 +222,7 @@ def test_mutual_rounds_end_to_end(tmp_path, tiny_parties, rte_folder):
 def test_resume_after_an_interrupted_round_matches_an_uninterrupted_run(
     tmp_path, tiny_parties, rte_folder
 ):
-    from fedcot.mkt.rounds import run_mkt
+    from fedcot.mkt import run_mkt
 
     full = mkt_cfg(tmp_path / "a", tiny_parties, rte_folder)
     run_mkt(full, progress=False)
@@ -254,7 +254,7 @@ def test_resume_after_an_interrupted_round_matches_an_uninterrupted_run(
 
 
 def test_fedavg_one_way_and_standalone(tmp_path, tiny_parties, rte_folder):
-    from fedcot.mkt.rounds import run_mkt
+    from fedcot.mkt import run_mkt
 
     states = {}
 
@@ -263,7 +263,7 @@ def test_fedavg_one_way_and_standalone(tmp_path, tiny_parties, rte_folder):
             states[party] = {k: v.copy() for k, v in engine_parties[party].adapter_state().items()}
 
     # FedAvg: at the time clients compute their logits, their adapters are identical.
-    import fedcot.mkt.rounds as rounds
+    import fedcot.mkt.engine as rounds
 
     engine_parties: dict[str, object] = {}
     real_load = rounds.load_party
@@ -310,7 +310,7 @@ def test_rounds_with_two_real_tokenizers(tmp_path, rte_folder):
     maps, alignment and transfer run across a byte-level BPE and a SentencePiece vocabulary."""
     from transformers import AutoTokenizer
 
-    from fedcot.mkt.rounds import run_mkt
+    from fedcot.mkt import run_mkt
     from fedcot.models.registry import prepare
 
     smol = AutoTokenizer.from_pretrained(str(prepare("smollm2-135m-instruct")))
@@ -361,7 +361,7 @@ def test_cli_runs_and_resumes(tmp_path, tiny_parties, rte_folder):
 
 
 def test_heterogeneous_clients_and_one_to_one(tmp_path, tiny_parties, rte_folder):
-    from fedcot.mkt.rounds import run_mkt
+    from fedcot.mkt import run_mkt
 
     het = mkt_cfg(
         tmp_path / "het",

@@ -22,12 +22,13 @@ plus a small JSON header. One round (``mutual``)::
     server → clients  train.distill  + the server's LogitsMessage
     clients → server  training log and test accuracy
 
-Every phase uses the seeds of the in-process engine, so a Flower run ends where
-``fedcot mkt`` does (tested). A client that does not answer within ``reply-timeout``
-seconds, or answers with an error, is dropped for the rest of the round and recorded in
-``metrics.json`` (``dropouts``); the others go on. A restarted SuperNode is greeted again
-at the next round and restores its last checkpoint. ``resume=true`` continues a run
-from the server's last finished round.
+The server runs the round loop of ``fedcot mkt`` (:func:`fedcot.mkt.engine.run_rounds`
+over :class:`FlowerTransport`) and each client the phases of :mod:`fedcot.mkt.steps`, with
+the same seeds, so a Flower run ends where ``fedcot mkt`` does (tested). A client that
+does not answer within ``reply-timeout`` seconds, or answers with an error, is dropped for
+the rest of the round and recorded in ``metrics.json`` (``dropouts``); the others go on. A
+restarted SuperNode is greeted again at the next round and restores its last checkpoint.
+``resume=true`` continues a run from the server's last finished round.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +48,29 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from fedcot.config import dump_config
+from fedcot.data.tasks import get_task
 from fedcot.errors import ConfigError, FedcotError
 from fedcot.mkt.config import MKTConfig
-from fedcot.mkt.payloads import AdapterMessage, LogitsMessage, TensorBlob
+from fedcot.mkt.engine import MKTResult, Replies, RunFolder, ServerSide, run_rounds
+from fedcot.mkt.party import Party, Vocab, load_party, split_data, vocab_maps
+from fedcot.mkt.payloads import AdapterMessage, LogitsMessage
+from fedcot.mkt.steps import (
+    ClientReply,
+    ClientSteps,
+    distill_phase,
+    evaluate_phase,
+    fedavg_phase,
+    local_phase,
+)
+from fedcot.models.registry import fedcot_home
+from fedcot.train.lora import ADAPTER_WEIGHTS, load_adapter, save_adapter
 
 __all__ = [
     "RUN_CONFIG_DEFAULTS",
     "ClientWorker",
     "FlowerRunError",
     "FlowerRunOptions",
+    "FlowerTransport",
     "client_app",
     "run_flower_server",
     "server_app",
@@ -189,7 +205,9 @@ def run_key(config_text: str) -> str:
 
 
 class ClientWorker:
-    """One client's side of the protocol; its state lives on disk between messages.
+    """One client's on-disk state between messages (Flower starts a fresh process per
+    message): it restores the checkpoint a phase starts from, runs the phase
+    (:mod:`fedcot.mkt.steps`, as the in-process engine does) and saves what it ended with.
 
     ``node_config`` is the SuperNode's ``--node-config``: ``party`` (required, e.g.
     ``"client-1"``), ``state-dir`` (checkpoints; default ``$FEDCOT_HOME/flower``) and
@@ -197,8 +215,6 @@ class ClientWorker:
     """
 
     def __init__(self, config_text: str, node_config: Mapping[str, Any]) -> None:
-        from fedcot.models.registry import fedcot_home
-
         cfg = parse_config_text(config_text)
         party = node_config.get("party")
         names = cfg.party_names()
@@ -218,27 +234,20 @@ class ClientWorker:
         self.index = names.index(self.name)
         state = node_config.get("state-dir") or fedcot_home() / "flower"
         self.root = Path(str(state)).expanduser() / run_key(config_text) / self.name
-        self._party: Any = None
-        self._data: Any = None
 
     # -- state ---------------------------------------------------------------------------
-    @property
-    def party(self) -> Any:
-        if self._party is None:
-            from fedcot.mkt.rounds import load_party
+    @cached_property
+    def party(self) -> Party:
+        return load_party(self.cfg, self.name)
 
-            self._party = load_party(self.cfg, self.name)
-        return self._party
-
-    def _task_data(self) -> tuple[Any, list[Any], list[Any], list[Any]]:
-        if self._data is None:
-            from fedcot.data.tasks import get_task
-            from fedcot.mkt.rounds import split_data
-
-            task = get_task(self.cfg.task, answer_style="text")
-            public, private, test = split_data(self.cfg, task)
-            self._data = (task, public, private[self.index - 1], test)
-        return self._data
+    @cached_property
+    def steps(self) -> ClientSteps:
+        """This client's steps on its data (this machine's copy)."""
+        task = get_task(self.cfg.task, answer_style="text")
+        public, private, test = split_data(self.cfg, task)
+        return ClientSteps(
+            self.cfg, self.party, self.index, task, public, private[self.index - 1], test
+        )
 
     def rounds_saved(self) -> list[int]:
         """Rounds this client holds a finished checkpoint of."""
@@ -247,7 +256,7 @@ class ClientWorker:
         found = []
         for p in self.root.iterdir():
             m = re.fullmatch(r"round-(\d+)", p.name)
-            if m and (p / "adapter_model.safetensors").is_file():
+            if m and (p / ADAPTER_WEIGHTS).is_file():
                 found.append(int(m.group(1)))
         return sorted(found)
 
@@ -255,38 +264,30 @@ class ClientWorker:
         """Load the newest checkpoint at or before ``round_no`` (0: the seeded LoRA init)."""
         best = max((r for r in self.rounds_saved() if r <= round_no), default=0)
         if best:
-            self.party.load(self.root / f"round-{best}")
+            load_adapter(self.party.model, self.root / f"round-{best}")
         return best
 
     def _save(self, tag: str) -> None:
-        from fedcot.mkt.rounds import save_adapter
-
-        save_adapter(self.party, self.root / tag)
+        save_adapter(self.party.model, self.root / tag)
 
     def _load_local(self, round_no: int) -> None:
         folder = self.root / f"local-{round_no}"
-        if not (folder / "adapter_model.safetensors").is_file():
+        if not (folder / ADAPTER_WEIGHTS).is_file():
             raise FlowerRunError(f"{self.name} has no local phase of round {round_no} to go on")
-        self.party.load(folder)
+        load_adapter(self.party.model, folder)
 
-    def _evaluate(self, round_no: int) -> dict[str, Any]:
-        task, _, _, test = self._task_data()
-        res = self.party.evaluate(task, test, progress=False)
-        res.write_predictions(self.root / "eval" / f"round-{round_no}.jsonl")
-        return res.summary()
-
-    def _logits(self, round_no: int) -> bytes:
-        task, public, _, _ = self._task_data()
-        items = self.party.items(task, public)
-        rows, losses = self.party.public_logits(
-            items, k=self.cfg.top_k, loss_unit=self.cfg.loss_unit
-        )
-        return self.party.message(round_no, items, rows, losses).model_dump_json().encode()
+    def _reply(
+        self, rep: ClientReply, round_no: int, **extra: Any
+    ) -> tuple[dict[str, Any], bytes | None]:
+        """The phase's reply as a message (header, payload); the test predictions stay here."""
+        header: dict[str, Any] = {"log": rep.log, **extra} if rep.log else dict(extra)
+        if rep.eval is not None:
+            rep.eval.write_predictions(self.root / "eval" / f"round-{round_no}.jsonl")
+            header["eval"] = rep.eval.summary()
+        return header, rep.payload
 
     # -- handlers ------------------------------------------------------------------------
     def hello(self, header: Mapping[str, Any]) -> tuple[dict[str, Any], bytes | None]:
-        from fedcot.mkt.rounds import Vocab
-
         model = self.cfg.clients[self.index - 1].model
         vocab = Vocab.load(model)
         return {
@@ -298,50 +299,13 @@ class ClientWorker:
         }, None
 
     def local(self, header: Mapping[str, Any]) -> tuple[dict[str, Any], bytes | None]:
-        from fedcot.mkt.rounds import CLIENT_DISTILL, LOCAL, phase_seed, train_party
-
-        cfg, r = self.cfg, int(header["round"])
+        r = int(header["round"])
         restored = self.restore(int(header["restore"]))
-        task, public, private, _ = self._task_data()
-        log = [
-            train_party(
-                cfg,
-                self.party,
-                self.party.items(task, private),
-                steps=cfg.train.local_steps,
-                lam=1.0,
-                seed=phase_seed(cfg, r, self.index, LOCAL),
-                what="private data",
-                progress=False,
-            )
-        ]
-        out: dict[str, Any] = {"log": log, "restored": restored}
-        if cfg.mode == "standalone":
-            log.append(
-                train_party(
-                    cfg,
-                    self.party,
-                    self.party.items(task, public),
-                    steps=cfg.train.client_steps,
-                    lam=1.0,
-                    seed=phase_seed(cfg, r, self.index, CLIENT_DISTILL),
-                    what="public labels",
-                    progress=False,
-                )
-            )
-            self._save(f"round-{r}")
-            if header.get("evaluate"):
-                out["eval"] = self._evaluate(r)
-            return out, None
-        self._save(f"local-{r}")
-        if cfg.fedavg:
-            from fedcot.mkt.rounds import adapter_message
-
-            msg = adapter_message(self.party, r, len(private))
-            return out, msg.model_dump_json().encode()
-        if cfg.mode == "mutual":
-            return out, self._logits(r)
-        return out, None
+        evaluate = bool(header.get("evaluate"))
+        rep = local_phase(self.cfg, [self.steps], r, evaluate=evaluate)[self.name]
+        # In standalone mode the local phase is the client's whole round.
+        self._save(f"round-{r}" if self.cfg.mode == "standalone" else f"local-{r}")
+        return self._reply(rep, r, restored=restored)
 
     def fedavg(
         self, header: Mapping[str, Any], payload: bytes | None
@@ -351,15 +315,13 @@ class ClientWorker:
             raise PeerError("train.fedavg carries no adapter")
         avg = AdapterMessage.model_validate_json(payload)
         self._load_local(r)
-        self.party.set_adapter_state({k: v.array() for k, v in avg.tensors.items()})
+        rep = fedavg_phase(self.cfg, [self.steps], r, avg)[self.name]
         self._save(f"local-{r}")
-        return {}, (self._logits(r) if self.cfg.mode == "mutual" else None)
+        return self._reply(rep, r)
 
     def distill(
         self, header: Mapping[str, Any], payload: bytes | None
     ) -> tuple[dict[str, Any], bytes | None]:
-        from fedcot.mkt.rounds import CLIENT_DISTILL, Vocab, distil_from, phase_seed, vocab_maps
-
         cfg, r = self.cfg, int(header["round"])
         if payload is None:
             raise PeerError("train.distill carries no server logits")
@@ -371,35 +333,19 @@ class ClientWorker:
                 f"{cfg.server.model} has {server.tokenizer_hash} here"
             )
         self._load_local(r)
-        task, public, _, _ = self._task_data()
-        items = self.party.items(task, public)
-        _, own = self.party.public_logits(items, k=cfg.top_k, loss_unit=cfg.loss_unit)
         maps, _ = vocab_maps([(server, self.party)], progress=False)
-        entry = distil_from(
-            cfg,
-            self.party,
-            items,
-            own,
-            [smsg],
-            maps,
-            {server.tokenizer_hash: server.texts},
-            steps=cfg.train.client_steps,
-            seed=phase_seed(cfg, r, self.index, CLIENT_DISTILL),
-            what="distil from server",
-            progress=False,
-        )
+        texts = {server.tokenizer_hash: server.texts}
+        evaluate = bool(header.get("evaluate"))
+        rep = distill_phase([self.steps], r, smsg, maps, texts, evaluate=evaluate)[self.name]
         self._save(f"round-{r}")
-        out: dict[str, Any] = {"log": [entry]}
-        if header.get("evaluate"):
-            out["eval"] = self._evaluate(r)
-        return out, None
+        return self._reply(rep, r)
 
     def evaluate(self, header: Mapping[str, Any]) -> tuple[dict[str, Any], bytes | None]:
         r = int(header["round"])
         restored = self.restore(r)
         if restored != r:
             raise FlowerRunError(f"{self.name} holds no checkpoint of round {r}")
-        return {"eval": self._evaluate(r)}, None
+        return self._reply(evaluate_phase([self.steps])[self.name], r)
 
 
 def _client_handler(kind: str) -> Any:
@@ -574,26 +520,103 @@ class _Federation:
         return ok
 
 
-def run_flower_server(grid: Any, opts: FlowerRunOptions, console: Console | None = None) -> Any:
-    """The ServerApp's body: FedMKT rounds with the clients behind ``grid``."""
-    from fedcot.data.tasks import get_task
-    from fedcot.mkt.rounds import (
-        SERVER_DISTILL,
-        RunFolder,
-        Vocab,
-        average_adapters,
-        distil_from,
-        load_party,
-        manifest_base,
-        party_info,
-        phase_seed,
-        split_data,
-        vocab_maps,
-    )
+class FlowerTransport:
+    """The clients' phases as Flower messages to their SuperNodes (:class:`_Federation`);
+    a client that fails a phase is dropped for the rest of the round and recorded."""
 
+    engine = "flower"
+
+    def __init__(self, cfg: MKTConfig, fed: _Federation) -> None:
+        self.cfg, self.fed = cfg, fed
+        self.clients = cfg.party_names()[1:]
+        self.seen: dict[str, int] = dict(fed.nodes)
+        """Every client's latest node (the manifest's ``flower_node``)."""
+        self._bytes = (fed.bytes_out, fed.bytes_in)
+
+    def start_round(self, round_no: int) -> None:
+        self._bytes = (self.fed.bytes_out, self.fed.bytes_in)
+        self.fed.discover(round_no, need=0, wait=0)
+        self.seen.update(self.fed.nodes)
+
+    def present(self) -> list[str]:
+        return [n for n in self.clients if n in self.fed.nodes]
+
+    def _exchange(
+        self, kind: str, round_no: int, header: dict[str, Any], payload: bytes | None, phase: str
+    ) -> dict[str, tuple[dict[str, Any], bytes | None]]:
+        work = {p: (header, payload) for p in self.present()}
+        res = self.fed.exchange(kind, round_no, work, phase)
+        return {p: res[p] for p in self.clients if p in res}
+
+    def local(self, round_no: int, *, evaluate: bool) -> Replies:
+        header = {"restore": round_no - 1, "evaluate": evaluate}
+        res = self._exchange(LOCAL, round_no, header, None, "local")
+        for p, (h, _) in res.items():
+            if h.get("restored") != round_no - 1:
+                self.fed.events.append(
+                    {
+                        "round": round_no,
+                        "party": p,
+                        "phase": "restore",
+                        "reason": f"restored round {h.get('restored')}, not {round_no - 1}",
+                    }
+                )
+        return _replies(res)
+
+    def fedavg(self, round_no: int, average: bytes) -> Replies:
+        return _replies(self._exchange(FEDAVG, round_no, {}, average, "fedavg"))
+
+    def distill(self, round_no: int, server_logits: bytes, *, evaluate: bool) -> Replies:
+        header = {"evaluate": evaluate}
+        return _replies(self._exchange(DISTILL, round_no, header, server_logits, "distill"))
+
+    def evaluate(self, round_no: int) -> Replies:
+        return _replies(self._exchange(EVALUATE, round_no, {}, None, "evaluate"))
+
+    def drop(self, round_no: int, party: str, phase: str, reason: str) -> None:
+        self.fed.drop(round_no, party, phase, reason)
+
+    def dropouts(self, round_no: int) -> list[dict[str, Any]]:
+        return [e for e in self.fed.events if e["round"] == round_no]
+
+    def round_traffic(self) -> dict[str, Any]:
+        out0, in0 = self._bytes
+        return {
+            "flower": {
+                "to_clients_bytes": self.fed.bytes_out - out0,
+                "from_clients_bytes": self.fed.bytes_in - in0,
+            }
+        }
+
+    def held_parties(self) -> list[Party]:
+        return []  # each client checkpoints itself on its own machine
+
+    def client_info(self) -> dict[str, dict[str, Any]]:
+        return {
+            n: {
+                "model": c.model,
+                "tokenizer_hash": self.fed.expected[n],
+                "role": "client",
+                "flower_node": self.seen.get(n),
+            }
+            for n, c in zip(self.clients, self.cfg.clients)
+        }
+
+
+def _replies(res: Mapping[str, tuple[dict[str, Any], bytes | None]]) -> Replies:
+    return {
+        p: ClientReply(log=list(h.get("log", [])), payload=payload, eval=h.get("eval"))
+        for p, (h, payload) in res.items()
+    }
+
+
+def run_flower_server(
+    grid: Any, opts: FlowerRunOptions, console: Console | None = None
+) -> MKTResult:
+    """The ServerApp's body: FedMKT rounds (:func:`~fedcot.mkt.engine.run_rounds`) with the
+    clients behind ``grid``."""
     cfg = opts.config
     con = console or Console(stderr=True)
-    config_text = dump_config(cfg)
     run = RunFolder(cfg, resume=opts.resume)
     task = get_task(cfg.task, answer_style="text")
     t0 = time.perf_counter()
@@ -605,191 +628,16 @@ def run_flower_server(grid: Any, opts: FlowerRunOptions, console: Console | None
     pairs = [(v, server) for v in vocabs.values()] if cfg.mode == "mutual" else []
     maps, map_info = vocab_maps(pairs, progress=False)
     texts = {v.tokenizer_hash: v.texts for v in vocabs.values()}
-    s_items = server.items(task, public)
+    side = ServerSide(server, task, public, test, maps, map_info, texts)
     run.timings.setdefault("setup_s", round(time.perf_counter() - t0, 2))
     con.log(
         f"FedMKT over Flower · {cfg.task} · {cfg.scenario} · mode {cfg.mode} · "
-        f"{len(public)} public, {len(test)} test · run folder {run.out}"
+        f"{len(public)} public, {len(test)} test · run folder {run.path}"
     )
-
-    fed = _Federation(grid, config_text, expected, opts.reply_timeout, opts.hello_timeout, con)
+    fed = _Federation(grid, dump_config(cfg), expected, opts.reply_timeout, opts.hello_timeout, con)
     need = opts.min_clients or len(cfg.clients)
     fed.discover(run.done + 1 if run.done else 0, need=need, wait=opts.wait_clients)
-    clients_seen: dict[str, int] = dict(fed.nodes)
-
-    def order(parties: Mapping[str, Any]) -> list[str]:
-        return [n for n in names[1:] if n in parties]
-
-    if run.done:
-        server.load(run.checkpoint_dir(run.done) / server.name)
-        con.log(f"resuming after round {run.done} of {cfg.rounds}")
-    elif "0" not in run.metrics["rounds"]:
-        run.record_eval(0, server.name, server.evaluate(task, test, progress=False))
-        evals = fed.exchange(EVALUATE, 0, {p: ({}, None) for p in order(fed.nodes)}, "evaluate")
-        for p in order(evals):
-            run.record_eval(0, p, evals[p][0]["eval"])
-        run.metrics.setdefault("dropouts", {})["0"] = [e for e in fed.events if e["round"] == 0]
-        run.save_metrics()
-        _log_accuracy(con, 0, run.metrics["rounds"]["0"])
-
-    for r in range(run.done + 1, cfg.rounds + 1):
-        tr0 = time.perf_counter()
-        out0, in0 = fed.bytes_out, fed.bytes_in
-        fed.discover(r, need=0, wait=0)
-        clients_seen.update(fed.nodes)
-        want_eval = cfg.eval_each_round or r == cfg.rounds
-        log: list[dict[str, Any]] = []
-        traffic: dict[str, Any] = {}
-        header = {"restore": r - 1, "evaluate": want_eval}
-        local = fed.exchange(LOCAL, r, {p: (header, None) for p in order(fed.nodes)}, "local")
-        for p in order(local):
-            log += local[p][0].get("log", [])
-            if local[p][0].get("restored") != r - 1:
-                fed.events.append(
-                    {
-                        "round": r,
-                        "party": p,
-                        "phase": "restore",
-                        "reason": f"restored round {local[p][0].get('restored')}, not {r - 1}",
-                    }
-                )
-        finals: dict[str, dict[str, Any]] = {}
-        received: list[LogitsMessage] = []
-        if cfg.mode == "standalone":
-            finals = {p: local[p][0] for p in order(local)}
-        else:
-            logits_payloads = {p: local[p][1] for p in order(local)}
-            if cfg.fedavg:
-                adapters = {}
-                for p in order(local):
-                    try:
-                        adapters[p] = AdapterMessage.model_validate_json(local[p][1] or b"")
-                    except ValidationError as exc:
-                        fed.drop(r, p, "fedavg", f"bad adapter: {exc.error_count()} errors")
-                if adapters:
-                    avg = average_adapters([adapters[p] for p in order(adapters)])
-                    avg_msg = AdapterMessage(
-                        round=r,
-                        sender=server.name,
-                        model=cfg.clients[0].model,
-                        n_examples=sum(a.n_examples for a in adapters.values()),
-                        tensors={k: TensorBlob.from_array(v) for k, v in avg.items()},
-                    ).model_dump_json()
-                    traffic["fedavg_bytes"] = sum(len(local[p][1] or b"") for p in adapters)
-                    res = fed.exchange(
-                        FEDAVG, r, {p: ({}, avg_msg.encode()) for p in order(adapters)}, "fedavg"
-                    )
-                    logits_payloads = {p: res[p][1] for p in order(res)}
-            if cfg.mode == "mutual":
-                for p in order(logits_payloads):
-                    raw = logits_payloads[p]
-                    try:
-                        msg = LogitsMessage.model_validate_json(raw or b"")
-                        _check_logits(msg, p, r, expected[p], len(s_items))
-                    except (ValidationError, PeerError) as exc:
-                        reason = (
-                            f"{exc.error_count()} validation errors"
-                            if isinstance(exc, ValidationError)
-                            else str(exc)
-                        )
-                        fed.drop(r, p, "logits", f"bad logits: {reason}")
-                        continue
-                    traffic[p] = {"bytes": len(raw or b""), "dense_bytes": msg.dense_nbytes()}
-                    received.append(msg)
-        # The server learns from what arrived; with no teacher (one-way, standalone, or
-        # every client dropped) it trains on the public labels alone.
-        own = (
-            server.public_logits(s_items, k=cfg.top_k, loss_unit=cfg.loss_unit)[1]
-            if received
-            else None
-        )
-        log.append(
-            distil_from(
-                cfg,
-                server,
-                s_items,
-                own,
-                received,
-                maps,
-                texts,
-                steps=cfg.train.server_steps,
-                seed=phase_seed(cfg, r, 0, SERVER_DISTILL),
-                what="distil from clients",
-                progress=False,
-            )
-        )
-        if cfg.mode != "standalone":
-            s_rows, s_loss = server.public_logits(s_items, k=cfg.top_k, loss_unit=cfg.loss_unit)
-            smsg = server.message(r, s_items, s_rows, s_loss)
-            raw = smsg.model_dump_json().encode()
-            targets = order(fed.nodes)
-            if targets:
-                traffic[server.name] = {
-                    "bytes": len(raw) * len(targets),
-                    "dense_bytes": smsg.dense_nbytes() * len(targets),
-                    "per_client_bytes": len(raw),
-                }
-            done = fed.exchange(
-                DISTILL, r, {p: ({"evaluate": want_eval}, raw) for p in targets}, "distill"
-            )
-            finals = {p: done[p][0] for p in order(done)}
-            for p in order(finals):
-                log += finals[p].get("log", [])
-        if want_eval:
-            run.record_eval(r, server.name, server.evaluate(task, test, progress=False))
-            for p in order(finals):
-                if "eval" in finals[p]:
-                    run.record_eval(r, p, finals[p]["eval"])
-            _log_accuracy(con, r, run.metrics["rounds"][str(r)])
-        traffic["flower"] = {
-            "to_clients_bytes": fed.bytes_out - out0,
-            "from_clients_bytes": fed.bytes_in - in0,
-        }
-        run.finish_round(
-            r,
-            [server],
-            log,
-            traffic,
-            time.perf_counter() - tr0,
-            dropouts=[e for e in fed.events if e["round"] == r],
-            clients={"finished": order(finals)},
-        )
-        con.log(f"round {r}/{cfg.rounds} done in {run.timings[f'round_{r}_s']:.0f} s")
-
-    parties = {server.name: party_info(server, "server")}
-    for n, c in zip(names[1:], cfg.clients):
-        parties[n] = {
-            "model": c.model,
-            "tokenizer_hash": expected[n],
-            "role": "client",
-            "flower_node": clients_seen.get(n),
-        }
-    manifest = manifest_base(
-        cfg,
-        parties,
-        public,
-        [cfg.private_size] * len(cfg.clients),
-        len(test),
-        map_info,
-        "flower",
-    )
-    return run.finish(manifest)
-
-
-def _check_logits(msg: LogitsMessage, party: str, round_no: int, tok_hash: str, n: int) -> None:
-    if msg.sender != party or msg.round != round_no:
-        raise PeerError(f"sent as {msg.sender!r} for round {msg.round}")
-    if msg.tokenizer_hash != tok_hash:
-        raise PeerError(f"tokenizer {msg.tokenizer_hash}, expected {tok_hash}")
-    if len(msg.samples) != n:
-        raise PeerError(f"{len(msg.samples)} samples, expected {n}")
-
-
-def _log_accuracy(con: Console, round_no: int, row: Mapping[str, Any]) -> None:
-    con.log(
-        f"round {round_no}: "
-        + ", ".join(f"{n} {100 * float(v['accuracy']):.1f} %" for n, v in row.items())
-    )
+    return run_rounds(cfg, FlowerTransport(cfg, fed), run, side, console=con)
 
 
 def _make_server_app() -> Any:

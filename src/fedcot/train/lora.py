@@ -1,8 +1,10 @@
-"""LoRA adapters: wrap a causal LM for training, and load a trained adapter back."""
+"""LoRA adapters: wrap a causal LM for training, save and load the adapter of a live model,
+and load a trained adapter back onto its base model."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +18,10 @@ if TYPE_CHECKING:
 
     from fedcot.train.config import LoraSettings
 
-__all__ = ["apply_lora", "linear_module_names", "load_trained"]
+__all__ = ["apply_lora", "linear_module_names", "load_adapter", "load_trained", "save_adapter"]
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+"""The file of a PEFT adapter folder that holds the LoRA tensors."""
 
 
 @contextmanager
@@ -73,6 +78,39 @@ def apply_lora(model: Any, cfg: LoraSettings) -> PeftModel:
             hint="set train.lora_targets to 'all-linear' or to some of "
             f"{', '.join(linear_module_names(model))}",
         ) from e
+
+
+def save_adapter(model: Any, folder: str | os.PathLike[str]) -> None:
+    """Save ``model``'s adapter to ``folder`` as a plain PEFT folder (it reloads with
+    ``PeftModel.from_pretrained``), atomically: written beside it, then renamed."""
+    folder = Path(folder)
+    # A name of its own per process: two processes may save the same folder at once (a
+    # stopped Flower run's last task and its resumed run); both write identical tensors.
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp))
+    for attempt in range(3):
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(tmp, folder)
+            return
+        except OSError:
+            if attempt == 2:
+                raise
+
+
+def load_adapter(model: Any, folder: str | os.PathLike[str]) -> None:
+    """Load the adapter :func:`save_adapter` wrote into ``model`` (a PeftModel with the same
+    LoRA layout), in place."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    folder = Path(folder)
+    if not (folder / ADAPTER_WEIGHTS).is_file():  # not on disk: never ask the Hub
+        raise FileNotFoundError(f"no adapter in {folder} ({ADAPTER_WEIGHTS} is missing)")
+    set_peft_model_state_dict(model, load_peft_weights(str(folder), device="cpu"))
 
 
 def _base_folder(base: str | os.PathLike[str]) -> Path:
