@@ -425,7 +425,7 @@ def _mkt_config(
 
 
 def _print_mkt(cfg: Any, metrics: dict[str, Any], folder: Path, engine: str = "") -> None:
-    from fedcot.mkt.rounds import accuracy_table
+    from fedcot.mkt.engine import accuracy_table
 
     acc = accuracy_table(metrics)
     table = Table(title=f"fedcot mkt{engine} · {cfg.task} · {cfg.scenario} · {cfg.mode}")
@@ -466,7 +466,7 @@ def mkt_cmd(
     overrides: SetOpt = None,
 ) -> None:
     """Run FedMKT: a server LLM and client SLMs teach each other through top-K logits."""
-    from fedcot.mkt.rounds import run_mkt
+    from fedcot.mkt import run_mkt
 
     cfg = _mkt_config(config, overrides, task, data, rounds, mode, top_k, output_dir, fields)
     result = run_mkt(cfg, resume=resume, console=err)
@@ -793,30 +793,20 @@ def privacy_eval_cmd(
     too: nearest neighbour, Bayes, seed replay and (``--contextual MODEL``) a local LLM,
     each against 10-candidate lists, with OS entropy and with seed 0.
     """
-    import time
-
     from fedcot.privacy.evaluate import (
+        load_space_and_encoder,
         load_texts,
         parse_epsilons,
         parse_mechanisms,
-        plot_frontier,
         privacy_grid,
-        rows_to_table,
-        save_json,
+        report_rows,
     )
 
     eps_list = parse_epsilons(eps)
     mechs = parse_mechanisms(mechanisms)
     texts, spans, name = load_texts(data, limit, seed)
     err.print(f"{len(texts)} text(s) from [bold]{name}[/]; loading the embedding space ...")
-    t0 = time.perf_counter()
-    from fedcot.privacy.space import EmbeddingSpace
-    from fedcot.privacy.utility import get_encoder
-
-    space = EmbeddingSpace.from_model()
-    encoder = get_encoder()
-    loaded = time.perf_counter() - t0
-    err.print(f"space: {len(space):,} candidates; models loaded in {loaded:.1f} s")
+    space, encoder = load_space_and_encoder(err)
     rows = privacy_grid(
         texts,
         spans,
@@ -831,16 +821,7 @@ def privacy_eval_cmd(
         max_hypotheses=max_hypotheses,
         encoder=encoder,
     )
-    table = rows_to_table(rows)
-    if out.is_terminal:
-        out.print(table)
-    else:  # piped or captured: no terminal to wrap for, so print the table at full width
-        from rich.console import Console
-
-        Console(width=160).print(table)
-    json_path = save_json(rows, out_dir / "rows.json")
-    png_path = plot_frontier(rows, out_dir / "frontier.png")
-    out.print(f"rows: {json_path}\nfrontier: {png_path}")
+    report_rows(rows, out_dir, out)
     if threats and spans is not None:
         _privacy_threats(texts, spans, mechs, eps_list, space, encoder, contextual, out_dir)
 
@@ -950,57 +931,31 @@ def serve_cmd(
     finishes the requests in flight, then exits.
     """
     from fedcot.config import load_config
-    from fedcot.serving import ServeConfig, check_port, read_api_keys, serve
+    from fedcot.serving import ServeConfig, read_api_keys
+    from fedcot.serving.launch import load_and_serve
 
-    cfg = load_config(
-        ServeConfig,
-        config,
-        overrides or [],
-        {
-            "model.model": model,
-            "model.kind": backend,
-            "served_model_name": served_model_name,
-            "host": host,
-            "port": port,
-            "api_key_env": api_key_env,
-            "audit_log": str(audit_log) if audit_log else None,
-            "ssl_certfile": str(ssl_certfile) if ssl_certfile else None,
-            "ssl_keyfile": str(ssl_keyfile) if ssl_keyfile else None,
-            "limits.max_batch": max_batch,
-            "limits.batch_wait_ms": batch_wait_ms,
-            "limits.max_body_bytes": max_body_bytes,
-            "limits.max_prompt_tokens": max_prompt_tokens,
-            "limits.max_tokens": max_tokens,
-            "log_level": log_level,
-        },
-    )
+    flags = {
+        "model.model": model,
+        "model.kind": backend,
+        "served_model_name": served_model_name,
+        "host": host,
+        "port": port,
+        "api_key_env": api_key_env,
+        "audit_log": str(audit_log) if audit_log else None,
+        "ssl_certfile": str(ssl_certfile) if ssl_certfile else None,
+        "ssl_keyfile": str(ssl_keyfile) if ssl_keyfile else None,
+        "limits.max_batch": max_batch,
+        "limits.batch_wait_ms": batch_wait_ms,
+        "limits.max_body_bytes": max_body_bytes,
+        "limits.max_prompt_tokens": max_prompt_tokens,
+        "limits.max_tokens": max_tokens,
+        "log_level": log_level,
+    }
+    cfg = load_config(ServeConfig, config, overrides or [], flags)
     keys = {k for k in (api_key or []) if k} | read_api_keys(
         cfg.api_key_env, required=api_key_env is not None and not api_key
     )
-    check_port(cfg.host, cfg.port)  # the only port check: before the (slow) model load
-    err.print(f"loading [bold]{cfg.model.model}[/] ({cfg.model.kind}) ...")
-    be = cfg.model.build()
-    if not keys:
-        err.print(
-            "[yellow]warning:[/] no API key: anyone who can reach "
-            f"{cfg.host}:{cfg.port} can use the model (set --api-key or {cfg.api_key_env})"
-        )
-    if cfg.audit_log:
-        err.print(f"audit log: {cfg.audit_log}")
-
-    def announce(url: str) -> None:
-        out.print(f"fedcot serve: {cfg.name} at {url}", soft_wrap=True, markup=False)
-
-    try:
-        serve(be, cfg, api_keys=keys, announce=announce)
-    finally:
-        be.close()
-    err.print("fedcot serve: stopped")
-
-
-def run() -> None:  # pragma: no cover - console entry point helper
-    """Entry point used by ``python -m fedcot``."""
-    app()
+    load_and_serve(cfg, keys, out=out, err=err)
 
 
 if __name__ == "__main__":  # pragma: no cover

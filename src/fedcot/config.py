@@ -16,7 +16,6 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     model_validator,
@@ -27,6 +26,7 @@ from fedcot.data.tasks import COT_MAX_NEW_TOKENS
 from fedcot.errors import ConfigError
 from fedcot.models.backends.base import GenerationParams
 from fedcot.privacy.perturb import PerturbConfig
+from fedcot.strict import StrictModel
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,10 +34,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 C = TypeVar("C", bound=BaseModel)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 def _checked_fields(value: dict[str, str]) -> dict[str, str]:
@@ -59,7 +55,7 @@ def data_fields() -> Any:
     )
 
 
-class BackendConfig(_Strict):
+class BackendConfig(StrictModel):
     """Who generates: an in-process model, a llama.cpp GGUF, or an OpenAI-compatible URL."""
 
     kind: Literal["transformers", "openai", "llamacpp", "replay"] = "transformers"
@@ -103,7 +99,7 @@ class BackendConfig(_Strict):
         return make_backend("llamacpp", self.model)
 
 
-class EvalConfig(_Strict):
+class EvalConfig(StrictModel):
     """``fedcot eval``: score a model on a task's split."""
 
     model: BackendConfig = Field(default_factory=BackendConfig)
@@ -144,7 +140,7 @@ class EvalConfig(_Strict):
         return self
 
 
-class DemoConfig(_Strict):
+class DemoConfig(StrictModel):
     """``fedcot demo``: the whole FedCoT pipeline on the embedded defaults."""
 
     student: BackendConfig = Field(default_factory=BackendConfig)

@@ -11,17 +11,18 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from fedcot.config import BackendConfig, DataFields, _Strict, data_fields
+from fedcot.config import BackendConfig, DataFields, data_fields
 from fedcot.cot.encoder_decoder import EncoderDecoderConfig
 from fedcot.data.tasks import COT_MAX_NEW_TOKENS
 from fedcot.models.backends.base import GenerationParams
 from fedcot.privacy.perturb import PerturbConfig
+from fedcot.strict import StrictModel
 from fedcot.train.multitask import TrainConfig
 
 __all__ = ["DistillConfig"]
 
 
-class DistillConfig(_Strict):
+class DistillConfig(StrictModel):
     """``fedcot distill``: the FedCoT client pipeline (perturb → server → decode → train)."""
 
     task: str = "cqa"

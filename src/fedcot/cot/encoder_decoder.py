@@ -34,17 +34,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from fedcot.data.prompts import ChatMessage, Prompt, render_prompt
 from fedcot.errors import BackendError, ConfigError
 from fedcot.models.backends.base import GenerationParams
 from fedcot.privacy.perturb import PerturbConfig, Perturber
+from fedcot.strict import StrictModel
 from fedcot.train.multitask import TrainConfig
 
 if TYPE_CHECKING:
     from fedcot.data.tasks import Example, Task
     from fedcot.models.backends.transformers import TransformersBackend
+    from fedcot.privacy.perturb import Perturbation
     from fedcot.train.multitask import SFTItem, TrainResult
 
 __all__ = [
@@ -102,10 +104,8 @@ def _default_train() -> TrainConfig:
     return TrainConfig(epochs=2, max_length=512, save_total_limit=1)
 
 
-class EncoderDecoderConfig(BaseModel):
+class EncoderDecoderConfig(StrictModel):
     """The PDSS encoder-decoder strategy (the ``[encoder_decoder]`` table of a run config)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     public_data: str = Field(
         "../shared/datasets", description="public dataset source (fedcot.data.loaders)"
@@ -241,6 +241,120 @@ def _find_metadata(adapter_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+@dataclass
+class _PublicTrainingSet:
+    """The encode / decode training items made from the public examples, and their making."""
+
+    examples: list[Example]
+    """The public examples used (the first ``cfg.public_limit``)."""
+    perturber: Perturber
+    """The mechanism that made the encode targets."""
+    perturbations: list[Perturbation]
+    """One per example: its perturbed text (the encode target) and its ε."""
+    groups: list[list[SFTItem]]
+    """One group per example (:func:`encoder_decoder_items`)."""
+    n_decode: int
+    """Decode items among the groups."""
+    dropped: list[str]
+    """Ids of the examples without a decode item (an empty server rationale)."""
+
+
+def _public_examples(public_examples: Sequence[Example], limit: int) -> list[Example]:
+    """The first ``limit`` public examples; at least 2 are needed."""
+    examples = list(public_examples)[:limit]
+    if len(examples) < 2:
+        raise ConfigError(
+            f"the encoder-decoder needs at least 2 public examples, got {len(examples)}",
+            hint="point encoder_decoder.public_data to a larger public dataset",
+        )
+    return examples
+
+
+def _encode_target_perturber(perturber: Perturber | None, cfg: EncoderDecoderConfig) -> Perturber:
+    """``perturber``, or one built from ``cfg.mechanism``; it must perturb."""
+    perturber = perturber or Perturber.from_config(cfg.mechanism)
+    if perturber.strategy == "none":
+        raise ConfigError(
+            "the perturber of the encode targets does not perturb (strategy 'none')",
+            hint="use a perturbing mechanism such as 'exponential'",
+        )
+    return perturber
+
+
+def _public_training_set(
+    tokenizer: Any,
+    task: Task,
+    public_examples: Sequence[Example],
+    perturber: Perturber | None,
+    ask: AskFn,
+    cfg: EncoderDecoderConfig,
+    *,
+    chat: bool,
+) -> _PublicTrainingSet:
+    """Perturb the public texts, ask the server about originals and stand-ins, make items.
+
+    ``ask`` is called twice: with the original texts, then with the perturbed ones. Errors
+    when no example got a decode item; warns about those that got none.
+    """
+    examples = _public_examples(public_examples, cfg.public_limit)
+    perturber = _encode_target_perturber(perturber, cfg)
+    originals = [task.input_text(ex) for ex in examples]
+    perturbations = perturber.perturb(originals, [f"public/{ex.id}" for ex in examples])
+    perturbed = [p.text for p in perturbations]
+    rat_orig = _ask_checked(ask, originals, "original")
+    rat_pert = _ask_checked(ask, perturbed, "perturbed")
+    groups = encoder_decoder_items(tokenizer, originals, perturbed, rat_orig, rat_pert, chat=chat)
+    n_decode = sum(len(g) - 1 for g in groups)
+    if n_decode == 0:
+        raise BackendError(
+            "the server returned no usable rationale for the public examples",
+            hint="check the server (the ask function) and its responses cache",
+        )
+    dropped = [ex.id for ex, g in zip(examples, groups) if len(g) == 1]
+    if dropped:
+        logger.warning("%d public examples got an empty rationale: encode only", len(dropped))
+    return _PublicTrainingSet(examples, perturber, perturbations, groups, n_decode, dropped)
+
+
+def _fit_metadata(
+    task: Task,
+    public: _PublicTrainingSet,
+    cfg: EncoderDecoderConfig,
+    result: TrainResult,
+    out: Path,
+    *,
+    chat: bool,
+) -> dict[str, Any]:
+    """The contents of ``encoder_decoder.json`` (:data:`METADATA_FILE`) after training."""
+    perturber, perturbations = public.perturber, public.perturbations
+    mean_eps = sum(p.epsilon for p in perturbations) / len(perturbations)
+    return {
+        "strategy": "pdss-encoder-decoder",
+        "formal_dp_guarantee": False,
+        "note": (
+            "no formal DP guarantee: the mechanism's epsilon describes only how the "
+            "public encode targets were made, not the trained encoder's outputs"
+        ),
+        "task": task.name,
+        "chat": chat,
+        "n_public": len(public.examples),
+        "n_decode_items": public.n_decode,
+        "no_rationale_ids": public.dropped,
+        "mechanism": {
+            "strategy": perturber.strategy,
+            "epsilon": perturber.eps_s,
+            "epsilon_normal": perturber.eps_n,
+            "mean_prompt_epsilon": mean_eps,
+        },
+        "loss_weights": cfg.loss_weights,
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "resumed_from": result.resumed_from,
+        "adapter_dir": os.path.relpath(result.adapter_dir, out),
+        "config": cfg.model_dump(mode="json"),
+    }
+
+
 # --------------------------------------------------------------------------------------
 # The trained encoder-decoder
 # --------------------------------------------------------------------------------------
@@ -334,73 +448,21 @@ class EncoderDecoder:
         from fedcot.train.multitask import train_multitask
 
         cfg = cfg or EncoderDecoderConfig()
-        examples = list(public_examples)[: cfg.public_limit]
-        if len(examples) < 2:
-            raise ConfigError(
-                f"the encoder-decoder needs at least 2 public examples, got {len(examples)}",
-                hint="point encoder_decoder.public_data to a larger public dataset",
-            )
-        perturber = perturber or Perturber.from_config(cfg.mechanism)
-        if perturber.strategy == "none":
-            raise ConfigError(
-                "the perturber of the encode targets does not perturb (strategy 'none')",
-                hint="use a perturbing mechanism such as 'exponential'",
-            )
-        originals = [task.input_text(ex) for ex in examples]
-        perturbations = perturber.perturb(originals, [f"public/{ex.id}" for ex in examples])
-        perturbed = [p.text for p in perturbations]
-        rat_orig = _ask_checked(ask, originals, "original")
-        rat_pert = _ask_checked(ask, perturbed, "perturbed")
-        groups = encoder_decoder_items(
-            tokenizer, originals, perturbed, rat_orig, rat_pert, chat=chat
+        public = _public_training_set(
+            tokenizer, task, public_examples, perturber, ask, cfg, chat=chat
         )
-        n_decode = sum(len(g) - 1 for g in groups)
-        if n_decode == 0:
-            raise BackendError(
-                "the server returned no usable rationale for the public examples",
-                hint="check the server (the ask function) and its responses cache",
-            )
-        dropped = [ex.id for ex, g in zip(examples, groups) if len(g) == 1]
-        if dropped:
-            logger.warning("%d public examples got an empty rationale: encode only", len(dropped))
-
         out = Path(output_dir)
         result = train_multitask(
             model,
             tokenizer,
-            groups,
+            public.groups,
             cfg.train,
             out,
             loss_weights=cfg.loss_weights,
             resume=resume,
             progress=progress,
         )
-        mean_eps = sum(p.epsilon for p in perturbations) / len(perturbations)
-        metadata = {
-            "strategy": "pdss-encoder-decoder",
-            "formal_dp_guarantee": False,
-            "note": (
-                "no formal DP guarantee: the mechanism's epsilon describes only how the "
-                "public encode targets were made, not the trained encoder's outputs"
-            ),
-            "task": task.name,
-            "chat": chat,
-            "n_public": len(examples),
-            "n_decode_items": n_decode,
-            "no_rationale_ids": dropped,
-            "mechanism": {
-                "strategy": perturber.strategy,
-                "epsilon": perturber.eps_s,
-                "epsilon_normal": perturber.eps_n,
-                "mean_prompt_epsilon": mean_eps,
-            },
-            "loss_weights": cfg.loss_weights,
-            "steps": result.steps,
-            "seconds": result.seconds,
-            "resumed_from": result.resumed_from,
-            "adapter_dir": os.path.relpath(result.adapter_dir, out),
-            "config": cfg.model_dump(mode="json"),
-        }
+        metadata = _fit_metadata(task, public, cfg, result, out, chat=chat)
         out.mkdir(parents=True, exist_ok=True)
         (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
         ed = cls(result.model, tokenizer, chat=chat, batch_size=batch_size, cfg=cfg)

@@ -222,6 +222,108 @@ def _split_choices(value: Any) -> list[str]:
     return [c.strip() for c in s.split("|")]
 
 
+class _RowReader:
+    """Reads the columns of one source row (errors name ``where``) and records which it read."""
+
+    __slots__ = ("row", "used", "where")
+
+    def __init__(self, row: dict[str, Any], where: str) -> None:
+        self.row = row
+        self.where = where
+        self.used: set[str] = set()
+
+    def get(self, col: str, what: str) -> Any:
+        """The value of column ``col`` (the ``what`` field); DataError when missing or None."""
+        row = self.row
+        if col not in row or row[col] is None:
+            cols = ", ".join(sorted(str(k) for k in row)) or "none"
+            key = "choices" if what == "choice" else what
+            msg = f"missing field {col!r} ({what}); the row has: {cols}"
+            raise _fail(self.where, msg, _column_hint(key))
+        self.used.add(col)
+        return row[col]
+
+
+def _read_choices(reader: _RowReader, columns: str, hint: str) -> list[str]:
+    """The choices from one list column or from several comma-separated columns."""
+    cols = [c.strip() for c in columns.split(",")]
+    try:
+        if len(cols) == 1:
+            return _split_choices(reader.get(cols[0], "choices"))
+        return [str(reader.get(c, "choice")) for c in cols]
+    except (ValueError, json.JSONDecodeError) as e:
+        raise _fail(reader.where, f"cannot read the choices: {e}", hint) from None
+
+
+def _read_id(reader: _RowReader, column: str | None, default_id: str) -> str:
+    """The mapped id column, else the first of :data:`_ID_COLUMNS` present, else the default."""
+    if column:
+        return str(reader.get(column, "id"))
+    row = reader.row
+    for c in _ID_COLUMNS:
+        if row.get(c) is not None:
+            reader.used.add(c)
+            return str(row[c])
+    return default_id
+
+
+def _split_math_solution(
+    task: Task, raw_label: Any, rationale: str | None
+) -> tuple[Any, str | None, bool]:
+    """(label, rationale, whether the rationale is the row's own solution) of a row.
+
+    GSM8K-style answers carry their own rationale: ``"<steps>\\n#### 72"``. For a math task
+    the label becomes what follows ``####``; the steps (calculator markup removed) become the
+    rationale unless the row has one already. Other rows pass through unchanged.
+    """
+    solution = False
+    if isinstance(task, MathTask) and isinstance(raw_label, str) and "####" in raw_label:
+        steps, final = raw_label.rsplit("####", 1)
+        raw_label = final
+        if rationale is None:
+            rationale = _CALC_RE.sub("", steps).strip() or None
+            solution = rationale is not None
+    return raw_label, rationale, solution
+
+
+def _read_rationale_label(
+    reader: _RowReader,
+    task: Task,
+    ex: Example,
+    rationale: str | None,
+    solution: bool,
+    hint: str,
+) -> str | None:
+    """The answer the rationale reaches: the ``rationale_label`` column, the gold label of a
+    row's own solution, or the answer marked in the rationale; else None."""
+    row = reader.row
+    if "rationale_label" in row and row["rationale_label"] is not None:
+        reader.used.add("rationale_label")
+        try:
+            return task.normalize_label(row["rationale_label"], ex)
+        except ValueError as e:
+            raise _fail(reader.where, f"rationale_label: {e}", hint) from None
+    if solution:
+        return ex.label  # the human GSM8K solution ends in the gold answer
+    if rationale is not None and has_answer_marker(rationale):
+        return task.extract_answer(rationale, ex)
+    return None
+
+
+def _keep_unmapped_columns(ex: Example, row: dict[str, Any], used: set[str]) -> None:
+    """Every column not read stays available in ``ex.meta`` ("spans", explanations...).
+
+    A ``meta`` column holding a dict is merged into it.
+    """
+    for k, v in row.items():
+        if k in used or k is None:
+            continue
+        if k == "meta" and isinstance(v, dict):
+            ex.meta.update(v)
+        else:
+            ex.meta[str(k)] = v
+
+
 def _row_to_example(
     row: dict[str, Any],
     task: Task,
@@ -231,88 +333,27 @@ def _row_to_example(
     hint: str,
 ) -> Example:
     """Turn one source row into an :class:`Example`; raise DataError naming ``where``."""
-    used: set[str] = set()
-
-    def get(col: str, what: str) -> Any:
-        if col not in row or row[col] is None:
-            cols = ", ".join(sorted(str(k) for k in row)) or "none"
-            key = "choices" if what == "choice" else what
-            msg = f"missing field {col!r} ({what}); the row has: {cols}"
-            raise _fail(where, msg, _column_hint(key))
-        used.add(col)
-        return row[col]
-
-    question = get(mapping.question, "question")
+    reader = _RowReader(row, where)
+    question = reader.get(mapping.question, "question")
     if not isinstance(question, str):
         raise _fail(where, f"field {mapping.question!r} is not a string", hint)
-    raw_label = get(mapping.label, "label")
-
-    choices: list[str] = []
-    if mapping.choices:
-        cols = [c.strip() for c in mapping.choices.split(",")]
-        try:
-            if len(cols) == 1:
-                choices = _split_choices(get(cols[0], "choices"))
-            else:
-                choices = [str(get(c, "choice")) for c in cols]
-        except (ValueError, json.JSONDecodeError) as e:
-            raise _fail(where, f"cannot read the choices: {e}", hint) from None
-
-    premise = None
-    if mapping.premise:
-        premise = str(get(mapping.premise, "premise"))
-
-    if mapping.id:
-        ex_id = str(get(mapping.id, "id"))
-    else:
-        ex_id = default_id
-        for c in _ID_COLUMNS:
-            if row.get(c) is not None:
-                ex_id = str(row[c])
-                used.add(c)
-                break
-
+    raw_label = reader.get(mapping.label, "label")
+    choices = _read_choices(reader, mapping.choices, hint) if mapping.choices else []
+    premise = str(reader.get(mapping.premise, "premise")) if mapping.premise else None
+    ex_id = _read_id(reader, mapping.id, default_id)
     rationale: str | None = None
     if mapping.rationale:
-        r = get(mapping.rationale, "rationale")
-        rationale = str(r).strip() or None
+        rationale = str(reader.get(mapping.rationale, "rationale")).strip() or None
 
     ex = Example(id=ex_id, question=question, label="", choices=choices, premise=premise)
-
-    # GSM8K-style answers carry their own rationale: "<steps>\n#### 72".
-    rationale_label: str | None = None
-    solution = False
-    if isinstance(task, MathTask) and isinstance(raw_label, str) and "####" in raw_label:
-        steps, final = raw_label.rsplit("####", 1)
-        raw_label = final
-        if rationale is None:
-            rationale = _CALC_RE.sub("", steps).strip() or None
-            solution = rationale is not None
-
+    raw_label, rationale, solution = _split_math_solution(task, raw_label, rationale)
     try:
         ex.label = task.normalize_label(raw_label, ex)
     except ValueError as e:
         raise _fail(where, str(e), hint) from None
+    rationale_label = _read_rationale_label(reader, task, ex, rationale, solution, hint)
 
-    if "rationale_label" in row and row["rationale_label"] is not None:
-        used.add("rationale_label")
-        try:
-            rationale_label = task.normalize_label(row["rationale_label"], ex)
-        except ValueError as e:
-            raise _fail(where, f"rationale_label: {e}", hint) from None
-    elif solution:
-        rationale_label = ex.label  # the human GSM8K solution ends in the gold answer
-    elif rationale is not None and has_answer_marker(rationale):
-        rationale_label = task.extract_answer(rationale, ex)
-
-    # Everything not mapped stays available in meta ("spans", explanations, indices...).
-    for k, v in row.items():
-        if k in used or k is None:
-            continue
-        if k == "meta" and isinstance(v, dict):
-            ex.meta.update(v)
-        else:
-            ex.meta[str(k)] = v
+    _keep_unmapped_columns(ex, row, reader.used)
     ex.rationale = rationale
     ex.rationale_label = rationale_label
     return ex

@@ -7,13 +7,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fedcot.config import DataFields, _Strict, data_fields
+from fedcot.config import DataFields, data_fields
+from fedcot.strict import StrictModel
 from fedcot.train.config import LoraSettings
 
 __all__ = ["MKTConfig", "MKTTrainConfig", "PartyConfig"]
 
 
-class PartyConfig(_Strict):
+class PartyConfig(StrictModel):
     """One party: a name and its model (an embedded name, a GGUF file or a transformers
     folder). Each party has its own tokenizer and its own LoRA adapter."""
 
@@ -28,7 +29,7 @@ class PartyConfig(_Strict):
         return v.strip() if v else v
 
 
-class _MKTSteps(_Strict):
+class _MKTSteps(StrictModel):
     """The keys of ``[train]`` that come before the LoRA ones (see :class:`LoraSettings`)."""
 
     local_steps: int = Field(20, ge=0, description="client steps on its private data per round")
@@ -48,7 +49,7 @@ class MKTTrainConfig(LoraSettings, _MKTSteps):
     max_length: int = Field(256, ge=8, description="tokens per sequence (prompt cut on the left)")
 
 
-class MKTConfig(_Strict):
+class MKTConfig(StrictModel):
     """``fedcot mkt``: FedMKT rounds between a server LLM and K client SLMs."""
 
     task: str = "rte"

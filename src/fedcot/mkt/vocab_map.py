@@ -458,6 +458,108 @@ def _search_batch(
     return best.astype(np.int32), best_id.astype(np.int32), computed
 
 
+def _exact_matches(
+    queries: list[str], candidates: list[str], dist: np.ndarray, ids: np.ndarray
+) -> tuple[dict[str, int], list[int]]:
+    """Phase 1: the queries whose text is a candidate get distance 0 and its lowest id.
+
+    Writes those into ``dist`` and ``ids``; returns the lowest id of each candidate text and
+    the indices of the queries left.
+    """
+    first: dict[str, int] = {}
+    for j, c in enumerate(candidates):
+        first.setdefault(c, j)
+    rest: list[int] = []
+    for i, q in enumerate(queries):
+        j = first.get(q)
+        if j is None:
+            rest.append(i)
+        else:
+            ids[i], dist[i] = j, 0
+    return first, rest
+
+
+def _one_edit_matches(
+    queries: list[str],
+    candidates: list[str],
+    first: dict[str, int],
+    rest: list[int],
+    dist: np.ndarray,
+    ids: np.ndarray,
+) -> list[int]:
+    """Phase 2: the ``rest`` queries one edit from a candidate, by hash lookups.
+
+    Writes distance 1 and the lowest such id into ``dist`` and ``ids``; returns the indices of
+    the queries left. The index is freed on return.
+    """
+    index = _OneEditIndex(candidates, first)
+    left: list[int] = []
+    for i in rest:
+        j = index.lowest(queries[i])
+        if j < 0:
+            left.append(i)
+        else:
+            ids[i], dist[i] = j, 1
+    return left
+
+
+def _query_batches(
+    queries: list[str], rest: list[int], alphabets: list[set[str]]
+) -> list[tuple[list[int], np.ndarray]]:
+    """Phase 3: the ``rest`` queries in batches of one length, biggest batches first.
+
+    Each batch comes with its ``foreign`` counts: per query and candidate class, the number
+    of the query's characters that the class lacks altogether (it tightens the lower bound).
+    """
+    by_len: dict[int, list[int]] = defaultdict(list)
+    for i in rest:
+        by_len[len(queries[i])].append(i)
+    tasks: list[tuple[list[int], np.ndarray]] = []
+    for members in by_len.values():
+        for s in range(0, len(members), _BATCH):
+            part = members[s : s + _BATCH]
+            foreign = np.array(
+                [[sum(ch not in a for ch in queries[i]) for a in alphabets] for i in part],
+                dtype=np.int64,
+            )
+            tasks.append((part, foreign))
+    tasks.sort(key=lambda t: -len(t[0]))  # big batches first: the pool ends evenly
+    return tasks
+
+
+def _level_search(
+    queries: list[str],
+    tasks: list[tuple[list[int], np.ndarray]],
+    buckets: _Buckets,
+    dist: np.ndarray,
+    ids: np.ndarray,
+    advance: Callable[[int], Any],
+    *,
+    workers: int,
+    bound_slack: int,
+) -> int:
+    """Phase 4: :func:`_search_batch` over the batches in parallel threads.
+
+    ``cdist`` releases the GIL. Writes each batch's result into ``dist`` and ``ids`` and
+    calls ``advance`` with its size as it finishes; returns the distances computed.
+    """
+    computed = 0
+    with ThreadPoolExecutor(max_workers=_n_workers(workers)) as pool:
+        futures = {
+            pool.submit(
+                _search_batch, [queries[i] for i in members], foreign, buckets, bound_slack
+            ): members
+            for members, foreign in tasks
+        }
+        for fut in as_completed(futures):
+            members = futures[fut]
+            d, j, n = fut.result()
+            dist[members], ids[members] = d, j
+            computed += n
+            advance(len(members))
+    return computed
+
+
 def min_distance_search(
     queries: Sequence[str],
     candidates: Sequence[str],
@@ -488,76 +590,28 @@ def min_distance_search(
     dist = np.full(len(queries), -1, dtype=np.int32)
     ids = np.full(len(queries), -1, dtype=np.int32)
 
-    # Phase 1: exact text matches (lowest id of each text).
-    first: dict[str, int] = {}
-    for j, c in enumerate(candidates):
-        first.setdefault(c, j)
-    rest: list[int] = []
-    for i, q in enumerate(queries):
-        j = first.get(q)
-        if j is None:
-            rest.append(i)
-        else:
-            ids[i], dist[i] = j, 0
+    first, rest = _exact_matches(queries, candidates, dist, ids)
     n_exact = len(queries) - len(rest)
     t1 = time.perf_counter()
 
-    # Phase 2: distance 1 by hash lookups.
     if one_edit_index is None:
         one_edit_index = 4 * len(rest) >= len(candidates)
+    n_one = 0
     if one_edit_index and rest:
-        index = _OneEditIndex(candidates, first)
-        left: list[int] = []
-        for i in rest:
-            j = index.lowest(queries[i])
-            if j < 0:
-                left.append(i)
-            else:
-                ids[i], dist[i] = j, 1
-        del index
+        left = _one_edit_matches(queries, candidates, first, rest, dist, ids)
         n_one = len(rest) - len(left)
         rest = left
-    else:
-        n_one = 0
     t2 = time.perf_counter()
 
-    # Phase 3: bucket the candidates by (length, class: ASCII, up to U+07FF, the rest) and
-    # batch the rest of the queries by length, with the number of their characters that
-    # each class lacks altogether (it tightens the lower bound for that class).
+    # Candidates bucketed by (length, class: ASCII, up to U+07FF, the rest).
     buckets, alphabets = _make_buckets(candidates)
-    by_len: dict[int, list[int]] = defaultdict(list)
-    for i in rest:
-        by_len[len(queries[i])].append(i)
-    tasks: list[tuple[list[int], np.ndarray]] = []
-    for members in by_len.values():
-        for s in range(0, len(members), _BATCH):
-            part = members[s : s + _BATCH]
-            foreign = np.array(
-                [[sum(ch not in a for ch in queries[i]) for a in alphabets] for i in part],
-                dtype=np.int64,
-            )
-            tasks.append((part, foreign))
-    tasks.sort(key=lambda t: -len(t[0]))  # big batches first: the pool ends evenly
+    tasks = _query_batches(queries, rest, alphabets)
     t3 = time.perf_counter()
 
-    # Phase 4: level search, batches in parallel threads (cdist releases the GIL).
-    computed = 0
-    with (
-        progress_bar(len(rest), description, enabled=progress) as advance,
-        ThreadPoolExecutor(max_workers=_n_workers(workers)) as pool,
-    ):
-        futures = {
-            pool.submit(
-                _search_batch, [queries[i] for i in members], foreign, buckets, _bound_slack
-            ): members
-            for members, foreign in tasks
-        }
-        for fut in as_completed(futures):
-            members = futures[fut]
-            d, j, n = fut.result()
-            dist[members], ids[members] = d, j
-            computed += n
-            advance(len(members))
+    with progress_bar(len(rest), description, enabled=progress) as advance:
+        computed = _level_search(
+            queries, tasks, buckets, dist, ids, advance, workers=workers, bound_slack=_bound_slack
+        )
     t4 = time.perf_counter()
     if stats is not None:
         stats.update(

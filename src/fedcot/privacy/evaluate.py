@@ -58,18 +58,22 @@ from fedcot.privacy.units import split_units
 from fedcot.privacy.utility import token_change_rate
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.table import Table
 
+    from fedcot.privacy.perturb import Perturber
     from fedcot.privacy.space import EmbeddingSpace
     from fedcot.privacy.utility import SentenceEncoder
 
 __all__ = [
     "MECHANISMS",
     "PrivacyRow",
+    "load_space_and_encoder",
     "load_texts",
     "parse_epsilons",
     "plot_frontier",
     "privacy_grid",
+    "report_rows",
     "rows_to_table",
     "save_json",
 ]
@@ -414,12 +418,124 @@ def privacy_grid(
     return rows
 
 
+def load_space_and_encoder(console: Console) -> tuple[EmbeddingSpace, SentenceEncoder]:
+    """The attackers' word space and the utility sentence encoder, loaded.
+
+    Prints the number of candidates and the seconds the two took to ``console``.
+    """
+    t0 = time.perf_counter()
+    from fedcot.privacy.space import EmbeddingSpace
+    from fedcot.privacy.utility import get_encoder
+
+    space = EmbeddingSpace.from_model()
+    encoder = get_encoder()
+    loaded = time.perf_counter() - t0
+    console.print(f"space: {len(space):,} candidates; models loaded in {loaded:.1f} s")
+    return space, encoder
+
+
+def report_rows(rows: Sequence[PrivacyRow], out_dir: Path, console: Console) -> None:
+    """Print the rows' table, write ``rows.json`` and ``frontier.png`` under ``out_dir``.
+
+    The table goes to ``console`` when it is a terminal, else to a 160 columns wide one
+    (stdout); then the paths of the two files are printed to ``console``.
+    """
+    table = rows_to_table(rows)
+    if console.is_terminal:
+        console.print(table)
+    else:  # piped or captured: no terminal to wrap for, so print the table at full width
+        from rich.console import Console
+
+        Console(width=160).print(table)
+    json_path = save_json(rows, out_dir / "rows.json")
+    png_path = plot_frontier(rows, out_dir / "frontier.png")
+    console.print(f"rows: {json_path}\nfrontier: {png_path}")
+
+
 class _no_bar:
     def __enter__(self) -> Any:
         return lambda n: None
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def _cell_perturber(
+    mechanism: str, eps: float, space: EmbeddingSpace, *, top_k: int, factor: float, seed: int
+) -> Perturber:
+    """The seeded perturber of one cell (adaptive: ε_S = ``eps``, ε_N = ``factor`` · ``eps``)."""
+    from fedcot.privacy.perturb import PerturbConfig, Perturber
+
+    cfg = PerturbConfig(
+        strategy=mechanism,  # type: ignore[arg-type]
+        epsilon=eps,
+        epsilon_normal=factor * eps if mechanism == "adaptive" else None,
+        top_k=top_k,
+        seed=seed,
+    )
+    with warnings.catch_warnings():  # an experiment: seeded on purpose, and recorded
+        warnings.simplefilter("ignore", UserWarning)
+        return Perturber.from_config(cfg, space)
+
+
+def _unit_draws(corpus: _Corpus, perts: Sequence[Any]) -> list[Any]:
+    """The perturbation record of every attacked unit of the corpus, in corpus order."""
+    draws_all = [_record_at(perts[t], corpus.starts[j]) for j, (t, _) in enumerate(corpus.where)]
+    draws = [d for d in draws_all if d is not None]
+    if len(draws) != len(draws_all):  # pragma: no cover - unit-level strategies record all
+        raise RuntimeError("perturbation records do not line up with the units")
+    return draws
+
+
+def _nearest_neighbour_guesses(
+    space: EmbeddingSpace,
+    hyps: HypothesisSet,
+    numbers: list[str],
+    outputs: list[str],
+    kinds: list[str],
+) -> list[str]:
+    """The nearest-neighbour attacker's guess of every unit (words and numbers apart)."""
+    is_word = np.array([k == "word" for k in kinds], dtype=bool)
+    nn_guess: list[str] = [""] * len(outputs)
+    w_idx = np.flatnonzero(is_word)
+    n_idx = np.flatnonzero(~is_word)
+    for j, g in zip(w_idx, nearest_neighbour_inversion(space, [outputs[j] for j in w_idx], hyps)):
+        nn_guess[j] = g
+    if len(n_idx):
+        guesses = nearest_number_inversion([outputs[j] for j in n_idx], numbers)
+        for j, g in zip(n_idx, guesses):
+            nn_guess[j] = g
+    return nn_guess
+
+
+def _bayes_guesses(
+    perturber: Perturber,
+    draws: list[Any],
+    outputs: list[str],
+    kinds: list[str],
+    sample: np.ndarray,
+    hyps: HypothesisSet,
+    numbers: list[str],
+    seed: int,
+) -> dict[int, str]:
+    """The Bayes attacker's guess of every unit of ``sample`` (index into ``draws``).
+
+    Grouped by the mechanism and ε each unit was drawn with (the adaptive strategy routes
+    words its detector flags to their own mechanism); groups run in sorted order.
+    """
+    groups: dict[tuple[str, float], list[int]] = defaultdict(list)
+    for j in sample:
+        groups[(kinds[j], draws[j].epsilon)].append(int(j))
+    bayes_guess: dict[int, str] = {}
+    for (kind, unit_eps), idx in sorted(groups.items()):
+        outs = [outputs[j] for j in idx]
+        if kind == "word":
+            assert perturber.words is not None
+            guesses = bayes_inversion(perturber.words, outs, unit_eps, hyps, seed=seed)
+        else:
+            guesses = bayes_inversion_numbers(perturber.numbers, outs, unit_eps, numbers)
+        bayes_guess.update(zip(idx, guesses))
+    return bayes_guess
 
 
 def _cell(
@@ -438,19 +554,13 @@ def _cell(
     seed: int,
     dataset: str,
 ) -> PrivacyRow:
-    from fedcot.privacy.perturb import PerturbConfig, Perturber
+    """One grid cell: perturb the corpus with ``mechanism`` at ``eps``, attack and score it.
 
+    The adaptive strategy is not attacked here (its entity surrogates: see
+    :mod:`fedcot.privacy.threats`); its row leaves the recovery rates None.
+    """
     t_cell = time.perf_counter()
-    cfg = PerturbConfig(
-        strategy=mechanism,  # type: ignore[arg-type]
-        epsilon=eps,
-        epsilon_normal=factor * eps if mechanism == "adaptive" else None,
-        top_k=top_k,
-        seed=seed,
-    )
-    with warnings.catch_warnings():  # an experiment: seeded on purpose, and recorded
-        warnings.simplefilter("ignore", UserWarning)
-        perturber = Perturber.from_config(cfg, space)
+    perturber = _cell_perturber(mechanism, eps, space, top_k=top_k, factor=factor, seed=seed)
     texts = corpus.texts
     t0 = time.perf_counter()
     perts = perturber.perturb(texts, [f"t{i}" for i in range(len(texts))])
@@ -458,38 +568,12 @@ def _cell(
     if mechanism == "adaptive":  # entity surrogates: see fedcot.privacy.threats
         return _unattacked_row(corpus, perts, mechanism, eps, perturber, perturb_s, t_cell,
                                original_emb, encoder, dataset)  # fmt: skip
-    draws_all = [_record_at(perts[t], corpus.starts[j]) for j, (t, _) in enumerate(corpus.where)]
-    draws = [d for d in draws_all if d is not None]
-    if len(draws) != len(draws_all):  # pragma: no cover - unit-level strategies record all
-        raise RuntimeError("perturbation records do not line up with the units")
+    draws = _unit_draws(corpus, perts)
     outputs = [d.output for d in draws]
     kinds = corpus.kind
-    # -- attacks -------------------------------------------------------------------------
     t0 = time.perf_counter()
-    is_word = np.array([k == "word" for k in kinds], dtype=bool)
-    nn_guess: list[str] = [""] * len(draws)
-    w_idx = np.flatnonzero(is_word)
-    n_idx = np.flatnonzero(~is_word)
-    for j, g in zip(w_idx, nearest_neighbour_inversion(space, [outputs[j] for j in w_idx], hyps)):
-        nn_guess[j] = g
-    if len(n_idx):
-        guesses = nearest_number_inversion([outputs[j] for j in n_idx], numbers)
-        for j, g in zip(n_idx, guesses):
-            nn_guess[j] = g
-    # Bayes on the sub-sample, grouped by the mechanism and ε each unit was drawn with
-    # (the adaptive strategy routes words its detector flags to their own mechanism).
-    groups: dict[tuple[str, float], list[int]] = defaultdict(list)
-    for j in sample:
-        groups[(kinds[j], draws[j].epsilon)].append(int(j))
-    bayes_guess: dict[int, str] = {}
-    for (kind, unit_eps), idx in sorted(groups.items()):
-        outs = [outputs[j] for j in idx]
-        if kind == "word":
-            assert perturber.words is not None
-            guesses = bayes_inversion(perturber.words, outs, unit_eps, hyps, seed=seed)
-        else:
-            guesses = bayes_inversion_numbers(perturber.numbers, outs, unit_eps, numbers)
-        bayes_guess.update(zip(idx, guesses))
+    nn_guess = _nearest_neighbour_guesses(space, hyps, numbers, outputs, kinds)
+    bayes_guess = _bayes_guesses(perturber, draws, outputs, kinds, sample, hyps, numbers, seed)
     attack_s = time.perf_counter() - t0
 
     nn_hit = np.array([_same(o, g, k) for o, g, k in zip(corpus.original, nn_guess, kinds)])

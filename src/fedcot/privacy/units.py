@@ -7,7 +7,7 @@ layout between them. ``"".join(u.text for u in split_units(s)) == s`` for every 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -80,8 +80,3 @@ def apply_case(word: str, pattern: CasePattern) -> str:
     if pattern == "lower":
         return word.lower()
     return word
-
-
-def units_of_kind(units: Sequence[Unit], kind: UnitKind) -> list[Unit]:
-    """The units of one kind, in order."""
-    return [u for u in units if u.kind == kind]

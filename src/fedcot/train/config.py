@@ -8,7 +8,9 @@ takes either. Imports neither torch nor transformers.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from fedcot.strict import StrictModel
 
 __all__ = ["IGNORE_INDEX", "LoraSettings"]
 
@@ -16,7 +18,7 @@ __all__ = ["IGNORE_INDEX", "LoraSettings"]
 IGNORE_INDEX = -100
 
 
-class LoraSettings(BaseModel):
+class LoraSettings(StrictModel):
     """A LoRA adapter: rank, scaling, dropout and the modules it wraps.
 
     A config that inherits it keeps its own field order by listing, as the base *after*
@@ -24,8 +26,6 @@ class LoraSettings(BaseModel):
     fields by the reversed MRO); the dumped config of a run folder must not change, since
     resuming compares it as text.
     """
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")

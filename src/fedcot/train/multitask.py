@@ -39,10 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from fedcot.data.prompts import render_prompt
 from fedcot.errors import ConfigError
+from fedcot.strict import StrictModel
 from fedcot.train.config import IGNORE_INDEX, LoraSettings
 from fedcot.train.steps import LengthBucketSampler, eval_mean, group_length
 
@@ -130,10 +131,8 @@ def multitask_items(
 # --------------------------------------------------------------------------------------
 
 
-class _TrainObjective(BaseModel):
+class _TrainObjective(StrictModel):
     """The keys of ``[train]`` that come before the LoRA ones (see :class:`LoraSettings`)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     alpha: float = Field(
         0.5,
@@ -494,6 +493,174 @@ def _log_throughput(r: TrainResult) -> None:
     )
 
 
+def _loss_weights(loss_weights: Mapping[str, float] | None, alpha: float) -> dict[str, float]:
+    """``loss_weights`` (default: :func:`default_loss_weights`), checked finite and >= 0."""
+    weights = {str(k): float(v) for k, v in (loss_weights or default_loss_weights(alpha)).items()}
+    for k, v in weights.items():
+        if not math.isfinite(v) or v < 0:
+            raise ConfigError(
+                f"loss weight of {k!r} is {v}", hint="loss weights must be finite and >= 0"
+            )
+    return weights
+
+
+@dataclass
+class _TrainingData:
+    """The items that train and evaluate, and the loss kinds that count."""
+
+    train: list[list[SFTItem]]
+    eval: list[list[SFTItem]]
+    kinds: list[str]
+    """The kinds with a positive weight, in the order of the weights."""
+    active: dict[str, float]
+    """Their weights."""
+
+
+def _training_data(
+    groups: Sequence[Sequence[SFTItem]],
+    eval_groups: Sequence[Sequence[SFTItem]] | None,
+    weights: Mapping[str, float],
+) -> _TrainingData:
+    """The items of positive weight; errors when nothing (or no rationale) is left to train."""
+    if not any(len(g) for g in groups):
+        raise ConfigError(
+            "no training items", hint="give training examples (and check the data filters)"
+        )
+    data = _prepare_data(groups, weights, "the training data")
+    present = {it.kind for g in data for it in g}
+    for kind, w in weights.items():
+        if w > 0 and kind not in present:
+            if kind == "rationale":
+                raise ConfigError(
+                    f"the rationale loss has weight {w}, but no training example has a rationale",
+                    hint="give examples rationales or set alpha = 0",
+                )
+            logger.warning("loss kind %r has weight %s but no training items", kind, w)
+    if not data:
+        raise ConfigError(
+            "no training items with a positive loss weight",
+            hint="check alpha / loss_weights against the kinds of the items",
+        )
+    kinds = [k for k, w in weights.items() if w > 0]
+    return _TrainingData(
+        train=data,
+        eval=_prepare_data(eval_groups, weights, "the eval data") if eval_groups else [],
+        kinds=kinds,
+        active={k: weights[k] for k in kinds},
+    )
+
+
+def _resume_checkpoint(ckpt_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from (None: start fresh); the others after it are deleted.
+
+    Without one, every old checkpoint goes. ``ckpt_dir`` exists afterwards.
+    """
+    resume_from: Path | None = None
+    if resume:
+        resume_from = _last_complete_checkpoint(ckpt_dir)
+        if resume_from is None:
+            logger.warning("no checkpoint in %s: training starts fresh", ckpt_dir)
+    for p in _checkpoints(ckpt_dir):
+        # Old checkpoints of another run (or unfinished ones) would confuse the rotation
+        # and a later resume.
+        if resume_from is None or int(p.name[len(CHECKPOINT_PREFIX) :]) > int(
+            resume_from.name[len(CHECKPOINT_PREFIX) :]
+        ):
+            shutil.rmtree(p, ignore_errors=True)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    return resume_from
+
+
+def _trainer_arguments(
+    cfg: TrainConfig, ckpt_dir: Path, active: Mapping[str, float], evaluating: bool
+) -> Any:
+    """The ``MultiTaskArguments`` of ``cfg``: CPU, no reports, our own progress bar."""
+    from fedcot.train.hf_trainer import MultiTaskArguments
+
+    return MultiTaskArguments(
+        output_dir=str(ckpt_dir),
+        loss_weights=active,
+        max_length=cfg.max_length,
+        length_buckets=cfg.group_by_length,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a value < 1 is a ratio
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps else "epoch",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="epoch" if evaluating and cfg.eval_each_epoch else "no",
+        prediction_loss_only=True,
+        label_names=["labels"],
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=True,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        disable_tqdm=True,
+    )
+
+
+def _run_trainer(
+    model: Any,
+    tokenizer: Any,
+    train_ds: list[list[dict[str, Any]]],
+    eval_ds: list[list[dict[str, Any]]] | None,
+    cfg: TrainConfig,
+    data: _TrainingData,
+    ckpt_dir: Path,
+    resume_from: Path | None,
+    callbacks: Sequence[Any],
+    progress: bool,
+) -> Any:
+    """LoRA (or all weights) made trainable, trained, evaluated; the finished trainer.
+
+    The global RNG states are the same afterwards.
+    """
+    import torch
+    from transformers import PrinterCallback
+
+    from fedcot.train.hf_trainer import MultiTaskTrainer
+
+    with _preserve_rng():
+        torch.manual_seed(cfg.seed)  # LoRA initialisation
+        if cfg.method == "lora":
+            from fedcot.train.lora import apply_lora
+
+            model = apply_lora(model, cfg)
+        else:
+            model.requires_grad_(True)
+        evaluating = eval_ds is not None
+        show = _progress_enabled(progress)
+        trainer = MultiTaskTrainer(
+            model=model,
+            args=_trainer_arguments(cfg, ckpt_dir, data.active, evaluating),
+            data_collator=MultiTaskCollator(tokenizer.pad_token_id, data.kinds),
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            callbacks=[*callbacks, _rich_progress()] if show else list(callbacks),
+        )
+        # transformers prints every log dict (PrinterCallback, or its tqdm bar's on_log);
+        # our own bar shows the step and the latest losses instead.
+        from transformers import ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if evaluating and not cfg.eval_each_epoch:
+            trainer.evaluate()
+    return trainer
+
+
 def train_multitask(
     model: Any,
     tokenizer: Any,
@@ -520,123 +687,24 @@ def train_multitask(
     training steps) and its share of the float32 matmul rate ``matmul_gflops``; when that is
     not given it is measured once per process (half a second).
     """
-    weights = {
-        str(k): float(v) for k, v in (loss_weights or default_loss_weights(cfg.alpha)).items()
-    }
-    for k, v in weights.items():
-        if not math.isfinite(v) or v < 0:
-            raise ConfigError(
-                f"loss weight of {k!r} is {v}", hint="loss weights must be finite and >= 0"
-            )
-    if not any(len(g) for g in groups):
-        raise ConfigError(
-            "no training items", hint="give training examples (and check the data filters)"
-        )
-    data = _prepare_data(groups, weights, "the training data")
-    present = {it.kind for g in data for it in g}
-    for kind, w in weights.items():
-        if w > 0 and kind not in present:
-            if kind == "rationale":
-                raise ConfigError(
-                    f"the rationale loss has weight {w}, but no training example has a rationale",
-                    hint="give examples rationales or set alpha = 0",
-                )
-            logger.warning("loss kind %r has weight %s but no training items", kind, w)
-    if not data:
-        raise ConfigError(
-            "no training items with a positive loss weight",
-            hint="check alpha / loss_weights against the kinds of the items",
-        )
-    kinds = [k for k, w in weights.items() if w > 0]
-    active = {k: weights[k] for k in kinds}
-    eval_data = _prepare_data(eval_groups, weights, "the eval data") if eval_groups else []
-
+    weights = _loss_weights(loss_weights, cfg.alpha)
+    data = _training_data(groups, eval_groups, weights)
     out = Path(output_dir)
     ckpt_dir = out / "checkpoints"
     adapter_dir = out / "adapter"
-    resume_from: Path | None = None
-    if resume:
-        resume_from = _last_complete_checkpoint(ckpt_dir)
-        if resume_from is None:
-            logger.warning("no checkpoint in %s: training starts fresh", ckpt_dir)
-    for p in _checkpoints(ckpt_dir):
-        # Old checkpoints of another run (or unfinished ones) would confuse the rotation
-        # and a later resume.
-        if resume_from is None or int(p.name[len(CHECKPOINT_PREFIX) :]) > int(
-            resume_from.name[len(CHECKPOINT_PREFIX) :]
-        ):
-            shutil.rmtree(p, ignore_errors=True)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = _resume_checkpoint(ckpt_dir, resume)
 
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_ds = tokenize_groups(data, tokenizer, cfg.max_length)
-    eval_ds = tokenize_groups(eval_data, tokenizer, cfg.max_length) if eval_data else None
+    train_ds = tokenize_groups(data.train, tokenizer, cfg.max_length)
+    eval_ds = tokenize_groups(data.eval, tokenizer, cfg.max_length) if data.eval else None
 
-    import torch
-    from transformers import PrinterCallback
-
-    from fedcot.train.hf_trainer import MultiTaskArguments, MultiTaskTrainer
+    import fedcot.train.hf_trainer  # noqa: F401  (imported before the clock starts)
 
     t0 = time.perf_counter()
-    with _preserve_rng():
-        torch.manual_seed(cfg.seed)  # LoRA initialisation
-        if cfg.method == "lora":
-            from fedcot.train.lora import apply_lora
-
-            model = apply_lora(model, cfg)
-        else:
-            model.requires_grad_(True)
-        evaluating = eval_ds is not None
-        show = _progress_enabled(progress)
-        args = MultiTaskArguments(
-            output_dir=str(ckpt_dir),
-            loss_weights=active,
-            max_length=cfg.max_length,
-            length_buckets=cfg.group_by_length,
-            per_device_train_batch_size=cfg.batch_size,
-            per_device_eval_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.grad_accum,
-            learning_rate=cfg.learning_rate,
-            weight_decay=cfg.weight_decay,
-            warmup_steps=cfg.warmup_ratio,  # transformers 5: a value < 1 is a ratio
-            num_train_epochs=cfg.epochs,
-            max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
-            logging_strategy="steps",
-            logging_steps=cfg.logging_steps,
-            save_strategy="steps" if cfg.save_steps else "epoch",
-            save_steps=cfg.save_steps or 500,
-            save_total_limit=cfg.save_total_limit,
-            eval_strategy="epoch" if evaluating and cfg.eval_each_epoch else "no",
-            prediction_loss_only=True,
-            label_names=["labels"],
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            use_cpu=True,
-            report_to="none",
-            remove_unused_columns=False,
-            dataloader_num_workers=0,
-            dataloader_pin_memory=False,
-            disable_tqdm=True,
-        )
-        trainer = MultiTaskTrainer(
-            model=model,
-            args=args,
-            data_collator=MultiTaskCollator(tokenizer.pad_token_id, kinds),
-            train_dataset=train_ds,
-            eval_dataset=eval_ds,
-            processing_class=tokenizer,
-            callbacks=[*callbacks, _rich_progress()] if show else list(callbacks),
-        )
-        # transformers prints every log dict (PrinterCallback, or its tqdm bar's on_log);
-        # our own bar shows the step and the latest losses instead.
-        from transformers import ProgressCallback
-
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(ProgressCallback)
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        if evaluating and not cfg.eval_each_epoch:
-            trainer.evaluate()
+    trainer = _run_trainer(
+        model, tokenizer, train_ds, eval_ds, cfg, data, ckpt_dir, resume_from, callbacks, progress
+    )
     model = trainer.model
     model.eval()
     adapter_dir.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,41 @@ def _select_cache_rows(cache: Any, rows: torch.Tensor) -> Any:
     return fork
 
 
+def _left_padded(seqs: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of ``seqs`` left padded with ``pad`` to the longest."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, s in enumerate(seqs):
+        ids[r, width - len(s) :] = torch.tensor(s)
+        mask[r, width - len(s) :] = 1
+    return ids, mask
+
+
+def _score_first_tokens(
+    first: torch.Tensor,
+    batch: Sequence[tuple[list[int], list[tuple[int, list[int]]]]],
+    scores: list[float],
+) -> tuple[list[tuple[int, int, list[int]]], int]:
+    """Set each request's score to the log-probability of its first continuation token.
+
+    ``first[r]``: the next-token log-probabilities after prompt ``r`` of ``batch``. Returns
+    the ``(prompt row, request, continuation ids)`` of the continuations longer than one
+    token, and the number of requests.
+    """
+    rest: list[tuple[int, int, list[int]]] = []
+    n_requests = 0
+    for r, (_, members) in enumerate(batch):
+        for i, cont in members:
+            scores[i] = float(first[r, cont[0]])
+            n_requests += 1
+            if len(cont) > 1:
+                rest.append((r, i, cont))
+    return rest, n_requests
+
+
 class TransformersBackend(Backend):
     """Generate with an in-process transformers model.
 
@@ -374,30 +409,12 @@ class TransformersBackend(Backend):
         its prompt's length (see ``_CACHE_ROW_TOKENS`` and ``_CHUNK_TOKENS`` for how many
         rows share a forward pass).
         """
-        import torch
-
         if not groups:
             return
         order = sorted(range(len(groups)), key=lambda g: -len(groups[g][0]))
-        pad = self.tokenizer.pad_token_id
         for b, batch in enumerate(_batches(order, self.batch_size)):
-            prompts = [groups[g][0] for g in batch]
-            width = max(len(p) for p in prompts)
-            ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, p in enumerate(prompts):
-                ids[r, width - len(p) :] = torch.tensor(p)
-                mask[r, width - len(p) :] = 1
-            lengths = mask.sum(dim=1)
-            out = self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            cache = out.past_key_values
-            if not _can_select_rows(cache):
+            n_requests = self._score_prompt_batch([groups[g] for g in batch], scores)
+            if n_requests is None:
                 # An unusual cache (static, quantised, linear attention): score this batch and
                 # the ones after it on whole sequences.
                 items = [
@@ -407,43 +424,78 @@ class TransformersBackend(Backend):
                 ]
                 self._score_sequences(items, scores)
                 return
-            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (batch, vocab)
-            rest: list[tuple[int, int, list[int]]] = []  # (prompt row, request, tokens)
-            n_requests = 0
-            for r, g in enumerate(batch):
-                for i, cont in groups[g][1]:
-                    scores[i] = float(first[r, cont[0]])
-                    n_requests += 1
-                    if len(cont) > 1:
-                        rest.append((r, i, cont))
-            # Longest first, so a chunk pads little. Several rows share a forward pass (tiny
-            # passes use the CPU poorly) while their padded inputs and cache copies stay small.
-            rest.sort(key=lambda item: -len(item[2]))
-            max_rows = max(self.batch_size, self.batch_size * _CACHE_ROW_TOKENS // width)
-            for chunk in _runs(rest, max_rows, _CHUNK_TOKENS):
-                # Feed all but the last token; position k predicts token k + 1.
-                span = max(len(cont) for _, _, cont in chunk) - 1
-                cont_ids = torch.full((len(chunk), span), pad, dtype=torch.long)
-                cont_mask = torch.zeros_like(cont_ids)
-                for k, (_, _, cont) in enumerate(chunk):
-                    cont_ids[k, : len(cont) - 1] = torch.tensor(cont[:-1])
-                    cont_mask[k, : len(cont) - 1] = 1
-                rows = torch.tensor([r for r, _, _ in chunk], dtype=torch.long)
-                logits = self.model(
-                    input_ids=cont_ids,
-                    attention_mask=torch.cat([mask[rows], cont_mask], dim=1),
-                    position_ids=lengths[rows, None] + torch.arange(span)[None, :],
-                    past_key_values=_select_cache_rows(cache, rows),
-                    use_cache=True,
-                ).logits.float()
-                logp = torch.log_softmax(logits, dim=-1)  # (chunk, span, vocab)
-                for k, (_, i, cont) in enumerate(chunk):
-                    targets = torch.tensor(cont[1:])
-                    picked = logp[k, : len(cont) - 1].gather(1, targets[:, None])
-                    scores[i] += float(picked.sum())
-            del cache, out
             if self._progress is not None:
                 self._progress(n_requests)
+
+    def _score_prompt_batch(
+        self,
+        batch: Sequence[tuple[list[int], list[tuple[int, list[int]]]]],
+        scores: list[float],
+    ) -> int | None:
+        """Score one batch of :meth:`_score_shared_prompts` groups on their prompts' cache.
+
+        Returns the number of requests scored, or None (nothing scored) when the model's
+        cache is one that :func:`_select_cache_rows` cannot copy.
+        """
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        ids, mask = _left_padded([prompt for prompt, _ in batch], pad)
+        width = ids.shape[1]
+        lengths = mask.sum(dim=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = out.past_key_values
+        if not _can_select_rows(cache):
+            return None
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (batch, vocab)
+        rest, n_requests = _score_first_tokens(first, batch, scores)
+        # Longest first, so a chunk pads little. Several rows share a forward pass (tiny
+        # passes use the CPU poorly) while their padded inputs and cache copies stay small.
+        rest.sort(key=lambda item: -len(item[2]))
+        max_rows = max(self.batch_size, self.batch_size * _CACHE_ROW_TOKENS // width)
+        for chunk in _runs(rest, max_rows, _CHUNK_TOKENS):
+            self._score_continuation_chunk(chunk, cache, mask, lengths, scores)
+        return n_requests
+
+    def _score_continuation_chunk(
+        self,
+        chunk: Sequence[tuple[int, int, list[int]]],
+        cache: Any,
+        mask: torch.Tensor,
+        lengths: torch.Tensor,
+        scores: list[float],
+    ) -> None:
+        """Add the log-probabilities of the tokens after the first of ``(prompt row,
+        request, continuation ids)`` rows, run on a copy of their prompts' cache rows."""
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        # Feed all but the last token; position k predicts token k + 1.
+        span = max(len(cont) for _, _, cont in chunk) - 1
+        cont_ids = torch.full((len(chunk), span), pad, dtype=torch.long)
+        cont_mask = torch.zeros_like(cont_ids)
+        for k, (_, _, cont) in enumerate(chunk):
+            cont_ids[k, : len(cont) - 1] = torch.tensor(cont[:-1])
+            cont_mask[k, : len(cont) - 1] = 1
+        rows = torch.tensor([r for r, _, _ in chunk], dtype=torch.long)
+        logits = self.model(
+            input_ids=cont_ids,
+            attention_mask=torch.cat([mask[rows], cont_mask], dim=1),
+            position_ids=lengths[rows, None] + torch.arange(span)[None, :],
+            past_key_values=_select_cache_rows(cache, rows),
+            use_cache=True,
+        ).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)  # (chunk, span, vocab)
+        for k, (_, i, cont) in enumerate(chunk):
+            targets = torch.tensor(cont[1:])
+            picked = logp[k, : len(cont) - 1].gather(1, targets[:, None])
+            scores[i] += float(picked.sum())
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
