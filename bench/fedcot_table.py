@@ -154,14 +154,14 @@ def row_config(task: str, row: str, seed: int, args: argparse.Namespace) -> dict
 
 
 def run_rows(args: argparse.Namespace) -> None:
-    from fedcot.cot.client import run_distill
-    from fedcot.cot.config import DistillConfig
+    from fedcot.cot.client import run_fedcot
+    from fedcot.cot.config import FedCoTConfig
 
     teachers: dict[str, Any] = {}
     for task in args.tasks:
         for row in args.rows:
             for seed in args.seed_list:
-                cfg = DistillConfig.model_validate(row_config(task, row, seed, args))
+                cfg = FedCoTConfig.model_validate(row_config(task, row, seed, args))
                 if (cfg.output_dir / "metrics.json").exists():
                     print(f"skip {task} {row} s{seed}: done", file=sys.stderr)
                     continue
@@ -184,7 +184,7 @@ def run_rows(args: argparse.Namespace) -> None:
                 print(f"run {task} {row} s{seed} ...", file=sys.stderr)
                 t0 = time.perf_counter()
                 resume = cfg.output_dir.exists() and (cfg.output_dir / "config.yaml").exists()
-                run_distill(cfg, resume=resume, server=server, progress=False)
+                run_fedcot(cfg, resume=resume, server=server, progress=False)
                 print(f"  done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
 

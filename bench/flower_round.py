@@ -207,7 +207,7 @@ def report() -> None:
     ]
     for label, fn in (
         (
-            "round 1 wall time (local → logits → distil → evaluate → checkpoint)",
+            "round 1 wall time (local → logits → distill → evaluate → checkpoint)",
             lambda r: f"{r['timings']['round_1_s']:.0f} s",
         ),
         (
@@ -215,10 +215,10 @@ def report() -> None:
             lambda r: f"{r['wall_s']:.0f} s",
         ),
         ("client-1: 20 steps on private data", lambda r: _phase_s(r, "client-1", "private data")),
-        ("server: 20 distillation steps", lambda r: _phase_s(r, "server", "distil from clients")),
+        ("server: 20 distillation steps", lambda r: _phase_s(r, "server", "distill from clients")),
         (
             "client-1: 20 distillation steps",
-            lambda r: _phase_s(r, "client-1", "distil from server"),
+            lambda r: _phase_s(r, "client-1", "distill from server"),
         ),
         (
             "accuracy after round 1",

@@ -67,10 +67,10 @@ def _keep_only_cache(folder: Path) -> None:
 
 def run_one(task: str, strategy: str, server: Any, args: argparse.Namespace) -> None:
     from fedcot.config import dump_config
-    from fedcot.cot.client import run_distill
-    from fedcot.cot.config import DistillConfig
+    from fedcot.cot.client import run_fedcot
+    from fedcot.cot.config import FedCoTConfig
 
-    cfg = DistillConfig.model_validate(run_config(task, strategy, args))
+    cfg = FedCoTConfig.model_validate(run_config(task, strategy, args))
     folder = Path(cfg.output_dir)
     metrics = folder / "metrics.json"
     stored = folder / "config.yaml"
@@ -81,7 +81,7 @@ def run_one(task: str, strategy: str, server: Any, args: argparse.Namespace) -> 
         return
     earlier = json.loads(metrics.read_text())["server"] if metrics.exists() else None
     t0 = time.perf_counter()
-    res = run_distill(cfg, server=server, resume=folder.exists(), progress=True)
+    res = run_fedcot(cfg, server=server, resume=folder.exists(), progress=True)
     if earlier and res.server.get("asked") == 0:  # decoded again from the cache: keep the
         stored = json.loads(metrics.read_text())  # teacher's measured time
         metrics.write_text(json.dumps({**stored, "server": earlier}, indent=2))

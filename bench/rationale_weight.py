@@ -30,8 +30,8 @@ _BARE = re.compile(r"\s*-?[\d.,]+\s*")
 def run(alpha: float) -> dict:
     """The finished run for ``alpha`` (trained now unless a finished one is on disk)."""
     from fedcot.config import DemoConfig
-    from fedcot.cot.client import run_distill
-    from fedcot.cot.config import DistillConfig
+    from fedcot.cot.client import run_fedcot
+    from fedcot.cot.config import FedCoTConfig
     from fedcot.demo import distill_config
 
     folder = OUT / f"alpha-{alpha:g}"
@@ -39,7 +39,7 @@ def run(alpha: float) -> dict:
         cfg = distill_config(DemoConfig(alpha=alpha, output_dir=folder)).model_dump(mode="json")
         cfg.update(strategy="none", privacy={}, server={"kind": "replay", "model": "palm"})
         t0 = time.perf_counter()
-        run_distill(DistillConfig.model_validate(cfg), progress=False)
+        run_fedcot(FedCoTConfig.model_validate(cfg), progress=False)
         print(f"alpha {alpha:g}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     metrics = json.loads((folder / "metrics.json").read_text())
     outputs = [

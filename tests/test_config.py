@@ -127,24 +127,24 @@ def test_generation_params_validation():
 def test_example_distill_configs_are_valid():
     from pathlib import Path
 
-    from fedcot.cot.config import DistillConfig
+    from fedcot.cot.config import FedCoTConfig
 
     folder = Path(__file__).resolve().parents[1] / "examples"
     paths = sorted(folder.glob("distill-*.toml"))
     assert len(paths) >= 2
     for path in paths:
-        cfg = load_config(DistillConfig, path)
+        cfg = load_config(FedCoTConfig, path)
         assert cfg.train.alpha == 0.5
 
 
 def test_eval_and_distill_score_multiple_choice_candidates_alike():
     """`fedcot eval` and `fedcot distill` score a model on the same candidate strings."""
     from fedcot.config import EvalConfig
-    from fedcot.cot.config import DistillConfig
+    from fedcot.cot.config import FedCoTConfig
     from fedcot.data.tasks import Example, get_task
 
     ex = Example("1", "Where?", "a shelf", ["a shelf", "the sea", "a box"])
-    ev, di = EvalConfig(), DistillConfig()
+    ev, di = EvalConfig(), FedCoTConfig()
     assert ev.answer_style == di.answer_style == "text"
     eval_task = get_task("cqa", answer_style=ev.answer_style)
     distill_task = get_task(di.task, answer_style=di.answer_style)
@@ -152,12 +152,12 @@ def test_eval_and_distill_score_multiple_choice_candidates_alike():
 
 
 def test_distill_eval_cot_gets_a_cot_budget_and_refuses_likelihood():
-    from fedcot.cot.config import DistillConfig
+    from fedcot.cot.config import FedCoTConfig
     from fedcot.data.tasks import COT_MAX_NEW_TOKENS
 
-    assert DistillConfig(eval_cot=True).eval_generation.max_new_tokens == COT_MAX_NEW_TOKENS
-    chosen = DistillConfig(eval_cot=True, eval_generation={"max_new_tokens": 64})
+    assert FedCoTConfig(eval_cot=True).eval_generation.max_new_tokens == COT_MAX_NEW_TOKENS
+    chosen = FedCoTConfig(eval_cot=True, eval_generation={"max_new_tokens": 64})
     assert chosen.eval_generation.max_new_tokens == 64
-    assert DistillConfig().eval_generation.max_new_tokens == 32
+    assert FedCoTConfig().eval_generation.max_new_tokens == 32
     with pytest.raises(ValueError, match="eval_cot"):
-        DistillConfig(eval_cot=True, eval_method="likelihood")
+        FedCoTConfig(eval_cot=True, eval_method="likelihood")

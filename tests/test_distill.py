@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from fedcot.cot.cache import RationaleCache
-from fedcot.cot.client import run_distill
-from fedcot.cot.config import DistillConfig
+from fedcot.cot.client import run_fedcot
+from fedcot.cot.config import FedCoTConfig
 from fedcot.data.loaders import write_jsonl
 from fedcot.data.synthetic import generate_private_records
 from fedcot.data.tasks import Example
@@ -59,7 +59,7 @@ class SpyServer(Backend):
         return self.inner.generate(prompts, params)
 
 
-def _cfg(tmp_path: Path, tiny_dir: Path, data: Path | str, **kw) -> DistillConfig:
+def _cfg(tmp_path: Path, tiny_dir: Path, data: Path | str, **kw) -> FedCoTConfig:
     base = {
         "task": "cqa",
         "data": str(data),
@@ -81,7 +81,7 @@ def _cfg(tmp_path: Path, tiny_dir: Path, data: Path | str, **kw) -> DistillConfi
             base[k] = {**base[k], **v}
         else:
             base[k] = v
-    return DistillConfig.model_validate(base)
+    return FedCoTConfig.model_validate(base)
 
 
 def test_pipeline_end_to_end_on_tiny_models(tmp_path, tiny_dir, cqa_file):
@@ -89,7 +89,7 @@ def test_pipeline_end_to_end_on_tiny_models(tmp_path, tiny_dir, cqa_file):
 
     cfg = _cfg(tmp_path, tiny_dir, cqa_file)
     spy = SpyServer(TransformersBackend.from_pretrained(str(tiny_dir), batch_size=2))
-    res = run_distill(cfg, server=spy, progress=False)
+    res = run_fedcot(cfg, server=spy, progress=False)
     run = Path(res.run_dir)
     # Every stage left its artefact.
     for name in (
@@ -138,31 +138,31 @@ def test_pipeline_end_to_end_on_tiny_models(tmp_path, tiny_dir, cqa_file):
 
     # Resuming a finished run asks the server nothing and keeps the same perturbations.
     spy2 = SpyServer(spy.inner)
-    res2 = run_distill(cfg, server=spy2, resume=True, progress=False)
+    res2 = run_fedcot(cfg, server=spy2, resume=True, progress=False)
     assert spy2.received == []
     assert res2.server["asked"] == 0 and res2.server["cached"] == 6
     # Without --resume an existing run folder is refused; a changed config too.
     with pytest.raises(ConfigError, match="already holds a run"):
-        run_distill(cfg, server=spy2, progress=False)
+        run_fedcot(cfg, server=spy2, progress=False)
     changed = cfg.model_copy(update={"fewshot": 1})
     with pytest.raises(ConfigError, match="different configuration"):
-        run_distill(changed, server=spy2, resume=True, progress=False)
+        run_fedcot(changed, server=spy2, resume=True, progress=False)
 
 
 def test_label_only_training_asks_no_server(tmp_path, tiny_dir, cqa_file):
     cfg = _cfg(tmp_path, tiny_dir, cqa_file, strategy="none", train={"alpha": 0.0})
-    res = run_distill(cfg, server=None, progress=False)  # would fail if it built the server
+    res = run_fedcot(cfg, server=None, progress=False)  # would fail if it built the server
     assert res.rationales == {"requested": 0}
     assert not (Path(res.run_dir) / "server_cache.jsonl").exists()
 
 
 def test_replay_teacher_only_serves_strategy_none():
     with pytest.raises(Exception, match="replay"):
-        DistillConfig.model_validate({"server": {"kind": "replay"}, "strategy": "exponential"})
-    cfg = DistillConfig.model_validate({"server": {"kind": "replay"}, "strategy": "none"})
+        FedCoTConfig.model_validate({"server": {"kind": "replay"}, "strategy": "exponential"})
+    cfg = FedCoTConfig.model_validate({"server": {"kind": "replay"}, "strategy": "none"})
     assert cfg.decoder_name == "identity"
     with pytest.raises(Exception, match="inverse-map"):
-        DistillConfig.model_validate({"strategy": "none", "decoder": "inverse-map"})
+        FedCoTConfig.model_validate({"strategy": "none", "decoder": "inverse-map"})
 
 
 @pytest.mark.models
@@ -193,7 +193,7 @@ def test_spy_server_receives_no_sensitive_unit(tmp_path, tiny_dir, strategy):
         }
     cfg = _cfg(tmp_path, tiny_dir, "synthetic", **kw)
     spy = SpyServer(TransformersBackend.from_pretrained(str(tiny_dir), batch_size=4))
-    run_distill(cfg, server=spy, progress=False)
+    run_fedcot(cfg, server=spy, progress=False)
     private = generate_private_records(8, seed=0)
     # The prompts about private records come last and in order (the encoder-decoder first
     # asks about its public examples; records it could not encode are not sent).
@@ -337,7 +337,7 @@ def test_replay_teacher_with_filter_drops_disagreeing_rationales(tmp_path, tiny_
             )
         )
     cfg = _filtered_replay_cfg(tmp_path, tiny_dir, rows)
-    res = run_distill(cfg, progress=False)
+    res = run_fedcot(cfg, progress=False)
     assert res.rationales["requested"] == 6
     assert res.rationales["agree_with_gold"] == 4 and res.rationales["kept"] == 4
     assert res.train["with_rationale"] == 4
@@ -363,7 +363,7 @@ def test_filter_that_drops_every_rationale_is_an_error_naming_the_fix(tmp_path, 
     ]
     cfg = _filtered_replay_cfg(tmp_path, tiny_dir, rows)
     with pytest.raises(ConfigError, match="filter = true drops them all") as err:
-        run_distill(cfg, progress=False)
+        run_fedcot(cfg, progress=False)
     assert "filter = false" in (err.value.hint or "")
 
 
@@ -407,7 +407,7 @@ def test_rationale_stage_counts_fidelity_and_redoes_arithmetic(tmp_path):
         for i in range(10)
     ]
     data = write_jsonl(rows, tmp_path / "svamp.jsonl")
-    cfg = DistillConfig.model_validate(
+    cfg = FedCoTConfig.model_validate(
         {
             "task": "svamp",
             "data": str(data),
@@ -420,7 +420,7 @@ def test_rationale_stage_counts_fidelity_and_redoes_arithmetic(tmp_path):
         }
     )
     server = ArithmeticServer()
-    res = run_distill(cfg, server=server, progress=False)
+    res = run_fedcot(cfg, server=server, progress=False)
     assert res.after is None and res.before is None and "load_student" not in res.timings
     sent_numbers = [int(n) for q in server.received for n in re.findall(r"\d+", q)]
     real = {20 + i for i in range(10)} | {7 + 2 * i for i in range(10)}
@@ -453,9 +453,9 @@ def test_distill_reads_columns_named_by_fields(tmp_path):
         "output_dir": str(tmp_path / "run"),
     }
     with pytest.raises(Exception, match="query"):
-        run_distill(DistillConfig.model_validate(base), server=ArithmeticServer(), progress=False)
-    cfg = DistillConfig.model_validate(
+        run_fedcot(FedCoTConfig.model_validate(base), server=ArithmeticServer(), progress=False)
+    cfg = FedCoTConfig.model_validate(
         {**base, "fields": {"question": "query"}, "output_dir": str(tmp_path / "run2")}
     )
-    res = run_distill(cfg, server=ArithmeticServer(), progress=False)
+    res = run_fedcot(cfg, server=ArithmeticServer(), progress=False)
     assert res.rationales["requested"] == 4 and res.rationales["agree_with_gold"] == 4

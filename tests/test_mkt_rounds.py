@@ -91,7 +91,7 @@ def test_adapter_message_round_trip():
 
 
 def test_kd_loss_terms_match_a_hand_computation():
-    from fedcot.train.distill import KDItem, kd_loss_terms
+    from fedcot.train.logit_kd import KDItem, kd_loss_terms
 
     torch.manual_seed(0)
     # Sequence of 5 tokens: prompt [3, 4, 5], target [6, 7] (7 = EOS). keep = 3 positions.
@@ -116,7 +116,7 @@ def test_kd_loss_terms_match_a_hand_computation():
 
 
 def test_train_steps_is_seeded_and_learns():
-    from fedcot.train.distill import KDItem, train_steps
+    from fedcot.train.logit_kd import KDItem, train_steps
     from fedcot.train.lora import apply_lora
     from fedcot.train.multitask import TrainConfig
 
@@ -198,8 +198,8 @@ def test_mutual_rounds_end_to_end(tmp_path, tiny_parties, rte_folder):
     for party in ("client-1", "client-2", "server"):
         assert 0 < traffic[party]["bytes"] < traffic[party]["dense_bytes"]
     training = {(e["party"], e["phase"]): e for e in res.metrics["training"]["1"]}
-    assert training[("server", "distil from clients")]["steps"] == 2
-    assert training[("client-1", "distil from server")]["steps"] == 2
+    assert training[("server", "distill from clients")]["steps"] == 2
+    assert training[("client-1", "distill from server")]["steps"] == 2
     # Manifest: the public ids and the vocabulary maps.
     man = json.loads((run / "manifest.json").read_text())
     assert man["scenario"] == "one-to-many homogeneous"
@@ -323,7 +323,7 @@ def test_rounds_with_two_real_tokenizers(tmp_path, rte_folder):
     res = run_mkt(cfg, progress=False)
     rows = {(e["party"], e["phase"]): e for e in res.metrics["training"]["1"]}
     # Selected samples got KD rows in both directions.
-    assert rows[("server", "distil from clients")]["steps"] == 2
+    assert rows[("server", "distill from clients")]["steps"] == 2
     man = res.manifest
     assert man["parties"]["server"]["vocab_size"] == len(gemma)
     assert man["parties"]["client-1"]["vocab_size"] == len(smol)
@@ -333,7 +333,7 @@ def test_rounds_with_two_real_tokenizers(tmp_path, rte_folder):
     assert exact[1] > 0.9  # SmolLM2 → Gemma: nearly every token exists in Gemma's vocabulary
     assert exact[0] > 0.1  # Gemma → SmolLM2: most of Gemma's 262k tokens do not
     # Most answer tokens were aligned one-to-one and carried a real distribution.
-    for key in (("server", "distil from clients"), ("client-1", "distil from server")):
+    for key in (("server", "distill from clients"), ("client-1", "distill from server")):
         if rows[key]["selected"]:
             assert rows[key]["transferred"] > 0, key
     t = res.metrics["traffic"]["1"]
@@ -376,8 +376,8 @@ def test_heterogeneous_clients_and_one_to_one(tmp_path, tiny_parties, rte_folder
     # client-1 has its own tokenizer: both directions mapped; client-2 shares the server's.
     assert len(res.manifest["vocab_maps"]) == 3
     rows = {(e["party"], e["phase"]): e for e in res.metrics["training"]["1"]}
-    assert rows[("client-1", "distil from server")]["steps"] == 2
-    assert rows[("client-2", "distil from server")]["steps"] == 2
+    assert rows[("client-1", "distill from server")]["steps"] == 2
+    assert rows[("client-2", "distill from server")]["steps"] == 2
 
     one = mkt_cfg(
         tmp_path / "one",

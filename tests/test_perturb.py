@@ -157,9 +157,9 @@ def test_randomness_comes_from_the_os_unless_seeded(space):
     assert "not for private data" in s1.accountant.summary()["randomness"]
     assert SEED_WARNING.startswith("privacy.seed")
     assert PerturbConfig().seed is None
-    from fedcot.cot.config import DistillConfig
+    from fedcot.cot.config import FedCoTConfig
 
-    assert DistillConfig(seed=5).privacy.seed is None  # the run seed never seeds privacy
+    assert FedCoTConfig(seed=5).privacy.seed is None  # the run seed never seeds privacy
 
 
 def test_accountant_by_hand(tmp_path):

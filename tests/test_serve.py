@@ -922,15 +922,15 @@ def test_fedcot_client_through_fedcot_serve_sends_no_sensitive_unit(
     server_process, tiny_dir, tmp_path, monkeypatch
 ):
     from fedcot.cot.cache import RationaleCache
-    from fedcot.cot.client import load_examples, run_distill
-    from fedcot.cot.config import DistillConfig
+    from fedcot.cot.client import load_examples, run_fedcot
+    from fedcot.cot.config import FedCoTConfig
     from fedcot.data.tasks import get_task
     from fedcot.models.backends.replay import example_block
     from fedcot.privacy.units import split_units
 
     monkeypatch.setenv("FEDCOT_TEST_KEY", ASCII_KEY)
     start = len(server_process.audit_records())
-    cfg = DistillConfig.model_validate(
+    cfg = FedCoTConfig.model_validate(
         {
             "task": "private-records",
             "data": "synthetic",
@@ -955,7 +955,7 @@ def test_fedcot_client_through_fedcot_serve_sends_no_sensitive_unit(
             "output_dir": str(tmp_path / "run"),
         }
     )
-    res = run_distill(cfg, progress=False)
+    res = run_fedcot(cfg, progress=False)
     assert res.rationales["requested"] == 6 and res.server["asked"] == 6
     run = Path(res.run_dir)
 

@@ -1,7 +1,9 @@
 """fedcot: privacy-preserving knowledge transfer between a server LLM and client SLMs.
 
-The public API is re-exported here; heavy dependencies (torch, transformers) load only when
-an in-process model is used.
+The two algorithms' front doors: :func:`run_fedcot` with :class:`FedCoTConfig` (FedCoT /
+PDSS: private prompts, the server's rationales, a multi-task student) and :func:`run_mkt`
+with :class:`MKTConfig` (FedMKT: mutual knowledge transfer through top-K logits). Heavy
+dependencies (torch, transformers, peft) load only when a model is used.
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from fedcot.config import BackendConfig, DemoConfig, EvalConfig, load_config
-from fedcot.cot.client import DistillResult, run_distill
-from fedcot.cot.config import DistillConfig
+from fedcot.cot.client import FedCoTResult, run_fedcot
+from fedcot.cot.config import FedCoTConfig
 from fedcot.errors import (
     BackendError,
     ConfigError,
@@ -19,6 +21,7 @@ from fedcot.errors import (
     MissingDependencyError,
     ModelNotFoundError,
 )
+from fedcot.mkt import MKTConfig, MKTResult, run_mkt
 from fedcot.models.backends import (
     Backend,
     Completion,
@@ -35,16 +38,19 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DemoConfig",
-    "DistillConfig",
-    "DistillResult",
     "EvalConfig",
+    "FedCoTConfig",
+    "FedCoTResult",
     "FedcotError",
     "GenerationParams",
+    "MKTConfig",
+    "MKTResult",
     "MissingDependencyError",
     "ModelNotFoundError",
     "TopKLogprobs",
     "__version__",
     "load_config",
     "make_backend",
-    "run_distill",
+    "run_fedcot",
+    "run_mkt",
 ]

@@ -335,11 +335,11 @@ def distill_cmd(
 ) -> None:
     """Run FedCoT on a client: perturb → server rationales → decode → multi-task training."""
     from fedcot.config import load_config
-    from fedcot.cot.client import run_distill
-    from fedcot.cot.config import DistillConfig
+    from fedcot.cot.client import run_fedcot
+    from fedcot.cot.config import FedCoTConfig
 
     cfg = load_config(
-        DistillConfig,
+        FedCoTConfig,
         config,
         overrides or [],
         {
@@ -358,7 +358,7 @@ def distill_cmd(
             "stage": stage,
         },
     )
-    result = run_distill(cfg, resume=resume, console=out)
+    result = run_fedcot(cfg, resume=resume, console=out)
     table = Table(title=f"fedcot distill · {cfg.task} · {cfg.strategy}")
     for col in ("", "accuracy", "95 % CI", "n"):
         table.add_column(col, justify="right")

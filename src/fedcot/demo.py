@@ -34,7 +34,7 @@ from fedcot.privacy.units import split_units
 from fedcot.runs import read_jsonl
 
 if TYPE_CHECKING:
-    from fedcot.cot.client import DistillResult
+    from fedcot.cot.client import FedCoTResult
     from fedcot.data.tasks import Example
     from fedcot.privacy.perturb import PerturbConfig
 
@@ -42,12 +42,12 @@ if TYPE_CHECKING:
 def distill_config(cfg: DemoConfig, *, non_private: bool = False) -> Any:
     """The ``fedcot distill`` configuration the demo runs (``non_private``: the baseline
     that sends the records as they are and stops after decoding)."""
-    from fedcot.cot.config import DistillConfig
+    from fedcot.cot.config import FedCoTConfig
 
     privacy = cfg.privacy.model_dump()
     strategy = privacy.pop("strategy")
     out = cfg.output_dir / "non_private" if non_private else cfg.output_dir
-    return DistillConfig.model_validate(
+    return FedCoTConfig.model_validate(
         {
             "task": "private-records",
             "data": "synthetic",
@@ -81,7 +81,7 @@ def run_demo(
     cfg: DemoConfig, console: Console | None = None, *, resume: bool = False
 ) -> dict[str, Any]:
     """Run the demo and return its summary (also written to ``output_dir/summary.json``)."""
-    from fedcot.cot.client import run_distill
+    from fedcot.cot.client import run_fedcot
     from fedcot.data.synthetic import generate_private_records
 
     console = console or Console()
@@ -100,9 +100,9 @@ def run_demo(
     )
     server = cfg.teacher.build()  # one teacher for the private run and the baseline
     try:
-        result = run_distill(dcfg, resume=resume, console=console, server=server)
+        result = run_fedcot(dcfg, resume=resume, console=console, server=server)
         console.rule("[bold]baseline: the same teacher on the unperturbed records")
-        baseline = run_distill(
+        baseline = run_fedcot(
             distill_config(cfg, non_private=True), resume=resume, console=console, server=server
         )
     finally:
@@ -195,8 +195,8 @@ def _summary(
     cfg: DemoConfig,
     records: list[Example],
     kinds: Counter[str],
-    result: DistillResult,
-    baseline: DistillResult,
+    result: FedCoTResult,
+    baseline: FedCoTResult,
     check: dict[str, int],
     t0: float,
 ) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The FedCoT client: perturb → ask the server → decode → multi-task training → evaluate.
 
-``run_distill(cfg)`` is what ``fedcot distill --config run.toml`` runs. Every stage writes its
+``run_fedcot(cfg)`` is what ``fedcot distill --config run.toml`` runs. Every stage writes its
 output into the run folder (:class:`RunFolder`), so a run that is interrupted resumes where it
 stopped: the perturbations are reloaded (the same stand-ins, no new privacy cost), the server
 is asked only for prompts missing from the response cache, training continues from its last
@@ -25,7 +25,7 @@ from rich.console import Console
 
 from fedcot.config import dump_config
 from fedcot.cot.cache import AskStats, RationaleCache, ask_cached
-from fedcot.cot.config import DistillConfig
+from fedcot.cot.config import FedCoTConfig
 from fedcot.cot.decoders import DecodeItem, make_decoder, split_conclusion
 from fedcot.cot.templates import fewshot_examples, server_prompt
 from fedcot.data.tasks import Example, Task, get_task, has_answer_marker
@@ -38,7 +38,7 @@ from fedcot.progress import progress_bar
 from fedcot.runs import RunFolder as BaseRunFolder
 from fedcot.runs import package_versions, read_json, read_jsonl, write_json, write_jsonl
 
-__all__ = ["DistillResult", "RunFolder", "fidelity_summary", "load_examples", "run_distill"]
+__all__ = ["FedCoTResult", "RunFolder", "fidelity_summary", "load_examples", "run_fedcot"]
 
 _UNAVAILABLE = "[unavailable]"  # what the encoder-decoder returns when it cannot encode
 
@@ -82,7 +82,7 @@ class RunFolder(BaseRunFolder):
 # --------------------------------------------------------------------------------------
 
 
-def load_examples(cfg: DistillConfig, task: Task) -> tuple[list[Example], list[Example]]:
+def load_examples(cfg: FedCoTConfig, task: Task) -> tuple[list[Example], list[Example]]:
     """The private training examples (with any recorded rationales) and the test examples."""
     if cfg.data == "synthetic":
         from fedcot.data.synthetic import generate_private_records
@@ -145,7 +145,7 @@ def perturbed_input(task: Task, ex: Example, perturbed: str) -> str:
 
 
 def _to_send(
-    cfg: DistillConfig,
+    cfg: FedCoTConfig,
     task: Task,
     train: Sequence[Example],
     originals: list[str],
@@ -191,8 +191,8 @@ def _perturbation_from_row(d: dict[str, Any]) -> Perturbation:
 
 
 @dataclass
-class DistillResult:
-    """What :func:`run_distill` measured; also written to ``metrics.json``."""
+class FedCoTResult:
+    """What :func:`run_fedcot` measured; also written to ``metrics.json``."""
 
     before: dict[str, Any] | None
     after: dict[str, Any] | None
@@ -208,7 +208,7 @@ class DistillResult:
         return asdict(self)
 
 
-def _eval_method(cfg: DistillConfig, task: Task, ex: Example) -> str:
+def _eval_method(cfg: FedCoTConfig, task: Task, ex: Example) -> str:
     if cfg.eval_cot:
         return "generate"
     if cfg.eval_method != "auto":
@@ -216,7 +216,7 @@ def _eval_method(cfg: DistillConfig, task: Task, ex: Example) -> str:
     return "likelihood" if task.candidates(ex) else "generate"
 
 
-def build_server(cfg: DistillConfig, task: Task, train: Sequence[Example]) -> Backend:
+def build_server(cfg: FedCoTConfig, task: Task, train: Sequence[Example]) -> Backend:
     """The server backend a config names (the replay teacher is built from ``train``)."""
     if cfg.server.kind == "replay":
         from fedcot.models.backends.replay import ReplayBackend
@@ -225,14 +225,14 @@ def build_server(cfg: DistillConfig, task: Task, train: Sequence[Example]) -> Ba
     return cfg.server.build()
 
 
-def run_distill(
-    cfg: DistillConfig,
+def run_fedcot(
+    cfg: FedCoTConfig,
     *,
     resume: bool = False,
     server: Backend | None = None,
     console: Console | None = None,
     progress: bool = True,
-) -> DistillResult:
+) -> FedCoTResult:
     """Run the FedCoT client pipeline as ``cfg`` says (see the module docstring).
 
     ``server`` overrides ``cfg.server`` (tests pass a spy; benchmarks share one model). With
@@ -261,7 +261,7 @@ def run_distill(
     if cfg.stage == "all":
         trained, train_info, history = _train_stage(ctx, got.examples, test)
         after = _evaluate_stage(ctx, trained, test, "after")
-    out = DistillResult(
+    out = FedCoTResult(
         before=before,
         after=after,
         rationales=got.info,
@@ -282,7 +282,7 @@ def run_distill(
 class _Context:
     """What every stage of one run needs: config, run folder, task, console, timings."""
 
-    cfg: DistillConfig
+    cfg: FedCoTConfig
     run: RunFolder
     task: Task
     console: Console
@@ -293,7 +293,7 @@ class _Context:
     _student: Backend | None = None
 
     @classmethod
-    def open(cls, cfg: DistillConfig, resume: bool, console: Console, progress: bool) -> _Context:
+    def open(cls, cfg: FedCoTConfig, resume: bool, console: Console, progress: bool) -> _Context:
         run = RunFolder(cfg.output_dir)
         run.open(dump_config(cfg), resume=resume)
         run.private.mkdir(exist_ok=True)
@@ -344,7 +344,7 @@ class _Rationales:
     server: dict[str, Any]
 
 
-def _manifest(cfg: DistillConfig, started: str, n_train: int, n_test: int) -> dict[str, Any]:
+def _manifest(cfg: FedCoTConfig, started: str, n_train: int, n_test: int) -> dict[str, Any]:
     return {
         "fedcot_run": "distill",
         "started": started,
@@ -498,7 +498,7 @@ def _perturb_stage(
     return list(perturbations), sent, None
 
 
-def _privacy_summary(cfg: DistillConfig, run: RunFolder) -> dict[str, Any]:
+def _privacy_summary(cfg: FedCoTConfig, run: RunFolder) -> dict[str, Any]:
     info: dict[str, Any] = {}
     if run.ledger.exists():
         info["ledger"] = PrivacyAccountant.load(run.ledger).summary()
@@ -634,7 +634,7 @@ def _train_stage(
 
 
 def _encoder_decoder(
-    cfg: DistillConfig,
+    cfg: FedCoTConfig,
     task: Task,
     student: Backend,
     run: RunFolder,

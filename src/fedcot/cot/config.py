@@ -1,4 +1,4 @@
-"""The run configuration of ``fedcot distill`` (the ``DistillConfig`` model).
+"""The run configuration of ``fedcot distill`` (the ``FedCoTConfig`` model).
 
 It lives apart from :mod:`fedcot.config` because it embeds the training and
 encoder-decoder configs, whose modules import the training stack.
@@ -19,10 +19,10 @@ from fedcot.privacy.perturb import PerturbConfig
 from fedcot.strict import StrictModel
 from fedcot.train.multitask import TrainConfig
 
-__all__ = ["DistillConfig"]
+__all__ = ["FedCoTConfig"]
 
 
-class DistillConfig(StrictModel):
+class FedCoTConfig(StrictModel):
     """``fedcot distill``: the FedCoT client pipeline (perturb → server → decode → train)."""
 
     task: str = "cqa"
@@ -85,7 +85,7 @@ class DistillConfig(StrictModel):
     output_dir: Path = Path("runs/distill")
 
     @model_validator(mode="after")
-    def _consistent(self) -> DistillConfig:
+    def _consistent(self) -> FedCoTConfig:
         if self.strategy != "encoder-decoder" and self.privacy.strategy != self.strategy:
             self.privacy = self.privacy.model_copy(update={"strategy": self.strategy})
         # The privacy seed is never derived from the run seed: unset, the mechanism draws

@@ -5,7 +5,7 @@ The Flower app is two objects, referenced from a Flower App's ``pyproject.toml``
 
 - ``server_app`` (a :class:`flwr.serverapp.ServerApp`) runs on the SuperLink's machine. It
   holds the server LLM and drives the rounds: it asks each SuperNode which party it is,
-  sends the work of each phase as a Flower message, distils from the clients' logits and
+  sends the work of each phase as a Flower message, distills from the clients' logits and
   checkpoints itself after every round in the run folder.
 - ``client_app`` (a :class:`flwr.clientapp.ClientApp`) runs under each client's
   ``flower-supernode``. It holds one client SLM and its private data part; its adapter
@@ -18,7 +18,7 @@ plus a small JSON header. One round (``mutual``)::
     server → clients  train.local    (round, round to restore)
     clients → server  LogitsMessage  (after local training; AdapterMessage with fedavg,
                                       then train.fedavg → LogitsMessage)
-    server            distils from the clients (DualMinCE), computes its own logits
+    server            distills from the clients (DualMinCE), computes its own logits
     server → clients  train.distill  + the server's LogitsMessage
     clients → server  training log and test accuracy
 

@@ -8,10 +8,10 @@ One round (``mode = "mutual"``), every party with its own model, tokenizer and L
    its top-K log-probabilities for each of them and its loss on them;
 3. the server aligns every client's tokens to its own (MinED vocabulary map + DP
    alignment), picks per sample the teacher to learn from (DualMinCE: the lowest-loss
-   client, only where it beats the server's own loss) and distils into its LoRA with
+   client, only where it beats the server's own loss) and distills into its LoRA with
    λ·L_FT + (1 − λ)·L_KD on the public set (``server_steps``);
 4. the server sends its own :class:`LogitsMessage`; each client aligns, selects (the server,
-   where it beats the client) and distils (``client_steps``);
+   where it beats the client) and distills (``client_steps``);
 5. every party is evaluated on the test set and checkpointed.
 
 ``one-way`` skips step 3's distillation (the server only fine-tunes on the public labels);
@@ -55,7 +55,7 @@ from fedcot.mkt.steps import (
     Maps,
     PhaseHook,
     average_adapters,
-    distil_from,
+    distill_from,
     distill_phase,
     evaluate_phase,
     fedavg_phase,
@@ -564,7 +564,7 @@ def _server_learns(
     r: int,
     hook: PhaseHook,
 ) -> dict[str, Any]:
-    """``mutual``: the server distils from the clients' logits (from the labels alone when
+    """``mutual``: the server distills from the clients' logits (from the labels alone when
     none arrived); otherwise it fine-tunes on the public labels."""
     hook(r, server.name, "distill")
     party, seed, steps = server.party, phase_seed(cfg, r, 0, SERVER_DISTILL), cfg.train.server_steps
@@ -584,7 +584,7 @@ def _server_learns(
         if received
         else None
     )
-    return distil_from(
+    return distill_from(
         cfg,
         party,
         server.items,
@@ -594,7 +594,7 @@ def _server_learns(
         server.texts,
         steps=steps,
         seed=seed,
-        what="distil from clients",
+        what="distill from clients",
         progress=server.progress,
     )
 

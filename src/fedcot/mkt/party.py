@@ -26,7 +26,7 @@ from fedcot.mkt.vocab_map import build_vocab_map, token_strings, tokenizer_hash
 from fedcot.models.backends.transformers import TransformersBackend
 from fedcot.models.registry import load_model, load_tokenizer
 from fedcot.train.config import IGNORE_INDEX
-from fedcot.train.distill import batch_forward
+from fedcot.train.logit_kd import batch_forward
 from fedcot.train.lora import apply_lora
 from fedcot.train.multitask import multitask_items, tokenize_item
 from fedcot.train.sparse import SparseRows

@@ -1,7 +1,7 @@
 """Teacher selection for FedMKT knowledge distillation.
 
 Every party scores the public samples with its own model and with the rows it received from
-the other parties. Per sample, a learner then distils from
+the other parties. Per sample, a learner then distills from
 
 * ``"dual-min-ce"``: the teacher with the lowest loss, but only if that loss is strictly
   lower than the learner's own loss (FedMKT's dual minimum cross-entropy);
@@ -56,7 +56,7 @@ def min_ce(teacher_losses: np.ndarray) -> np.ndarray:
 
 
 def dual_min_ce(learner_loss: np.ndarray, teacher_losses: np.ndarray) -> np.ndarray:
-    """int64 ``[N]``: the teacher to distil from per sample, or -1 for no distillation.
+    """int64 ``[N]``: the teacher to distill from per sample, or -1 for no distillation.
 
     ``learner_loss`` is ``[N]``, ``teacher_losses`` ``[M, N]``. The lowest-loss teacher
     (ties: lowest index; NaN/inf losses never chosen) is kept only if its loss is strictly
@@ -164,7 +164,7 @@ def select_targets(
     teacher_rows: Sequence[Sequence[SparseRows]],
     temperature: float = 1.0,
 ) -> list[SparseRows | None]:
-    """Per public sample the rows to distil from, or None for no distillation.
+    """Per public sample the rows to distill from, or None for no distillation.
 
     Args:
         selection: one of :data:`SELECTIONS`.

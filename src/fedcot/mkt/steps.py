@@ -1,7 +1,7 @@
 """The training steps of a FedMKT round, and the clients' side of each phase.
 
-:func:`train_party` (seeded AdamW steps of λ·L_FT + (1 − λ)·L_KD) and :func:`distil_from`
-(align every teacher's rows, select per sample, distil) are what every party runs; FedAvg is
+:func:`train_party` (seeded AdamW steps of λ·L_FT + (1 − λ)·L_KD) and :func:`distill_from`
+(align every teacher's rows, select per sample, distill) are what every party runs; FedAvg is
 :func:`adapter_message` on each client and :func:`average_adapters` on the server.
 
 A client's side of the round is written once, as phases over a list of
@@ -28,7 +28,7 @@ from fedcot.mkt.party import Party, PublicItem, seed_of
 from fedcot.mkt.payloads import AdapterMessage, LogitsMessage, TensorBlob
 from fedcot.mkt.selection import select_targets
 from fedcot.progress import progress_bar
-from fedcot.train.distill import KDItem, train_steps
+from fedcot.train.logit_kd import KDItem, train_steps
 from fedcot.train.sparse import SparseRows
 
 __all__ = [
@@ -41,7 +41,7 @@ __all__ = [
     "PhaseHook",
     "adapter_message",
     "average_adapters",
-    "distil_from",
+    "distill_from",
     "distill_phase",
     "evaluate_phase",
     "fedavg_phase",
@@ -112,7 +112,7 @@ def train_party(
     }
 
 
-def distil_from(
+def distill_from(
     cfg: MKTConfig,
     party: Party,
     items: Sequence[PublicItem],
@@ -127,7 +127,7 @@ def distil_from(
     progress: bool,
 ) -> dict[str, Any]:
     """Align every teacher's rows to ``party``, select per sample (``cfg.selection``) and
-    distil. With no teacher (none sent, or all dropped out) it trains on the labels alone,
+    distill. With no teacher (none sent, or all dropped out) it trains on the labels alone,
     and ``own_losses`` is not needed."""
     if not messages or own_losses is None:
         entry = train_party(
@@ -302,7 +302,7 @@ class ClientSteps:
         self, round_no: int, server: LogitsMessage, maps: Maps, texts: Mapping[str, Sequence[str]]
     ) -> dict[str, Any]:
         """Distil from the server's logits (``client_steps``)."""
-        return distil_from(
+        return distill_from(
             self.cfg,
             self.party,
             self.public_items,
@@ -312,7 +312,7 @@ class ClientSteps:
             texts,
             steps=self.cfg.train.client_steps,
             seed=phase_seed(self.cfg, round_no, self.index, CLIENT_DISTILL),
-            what="distil from server",
+            what="distill from server",
             progress=self.progress,
         )
 
@@ -375,7 +375,7 @@ def _send_logits(
     hook: PhaseHook,
 ) -> None:
     # The clients' logits step (in one-way mode nothing is sent: a client computes its own
-    # losses when it distils).
+    # losses when it distills).
     for c in clients:
         hook(round_no, c.name, "logits")
         if cfg.mode == "mutual":
@@ -392,7 +392,7 @@ def distill_phase(
     evaluate: bool,
     hook: PhaseHook = no_hook,
 ) -> dict[str, ClientReply]:
-    """Every client distils from the server's logits (evaluated after, if asked)."""
+    """Every client distills from the server's logits (evaluated after, if asked)."""
     replies = {}
     for c in clients:
         hook(round_no, c.name, "distill")

@@ -1,4 +1,5 @@
-"""Fine-tuning of client models: the multi-task (label + rationale) loss, LoRA adapters.
+"""Fine-tuning for both algorithms: LoRA settings and adapters, FedCoT's multi-task (label +
+rationale) trainer, FedMKT's logit distillation on sparse top-K targets (``logit_kd``).
 
 Names are imported on first use, so ``import fedcot.train`` stays cheap.
 """

@@ -3,7 +3,7 @@
 :class:`SparseRows` holds, per target token, the K most likely token ids and their
 log-probabilities, never a vocabulary-sized vector. FedMKT builds them from a sender's
 logits and maps them between tokenizers (:mod:`fedcot.mkt.align`); the KD loss of
-:mod:`fedcot.train.distill` reads them. numpy only.
+:mod:`fedcot.train.logit_kd` reads them. numpy only.
 """
 
 from __future__ import annotations
