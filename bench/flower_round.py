@@ -268,8 +268,8 @@ def report() -> None:
             "",
             "Accuracies of the two engines are "
             + ("identical" if same else "**not** identical")
-            + " (the same seeds per phase; tests/test_flower.py checks the adapters bit for "
-            "bit on tiny models).",
+            + " (the same seeds per phase; tests/federation/test_flower.py checks the "
+            "adapters bit for bit on tiny models).",
             "",
             "Reading: on one 2-core machine Flower cannot gain from running the clients in "
             "parallel, so its round is the in-process round plus its costs: a fresh process "

@@ -1,9 +1,9 @@
 """FedCoT-A against FedCoT-E: detector recall, false positives, attacks, kept words, speed.
 
 Data: the generated private records (``pii``, 200); the hand-annotated independent set
-(tests/data/pii_independent_*.jsonl, 120 texts; its misses were studied while the detector
+(tests/privacy/data/pii_independent_*.jsonl, 120 texts; its misses were studied while the detector
 was developed, so it is a development set now); the held-out set
-(tests/data/pii_heldout_c.jsonl, 60 texts written afterwards and never used for tuning).
+(tests/privacy/data/pii_heldout_c.jsonl, 60 texts written afterwards and never used for tuning).
 
 1. Detector unit recall per type on both sets; the share of CQA and e-SNLI units flagged.
 2. Per strategy (FedCoT-A at defaults; FedCoT-E ε = 3), each prompt perturbed alone, with OS
@@ -33,7 +33,7 @@ def datasets() -> dict[str, list]:
     from fedcot.privacy.annotated import from_records, load_annotated
 
     recs = generate_private_records(200, 0)
-    data = ROOT / "tests" / "data"
+    data = ROOT / "tests" / "privacy" / "data"
     return {
         "generated records": from_records(
             [r.question for r in recs], [r.meta["spans"] for r in recs]

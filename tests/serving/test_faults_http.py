@@ -32,7 +32,7 @@ import pytest
 from fedcot.cot.cache import RationaleCache
 from fedcot.procs import stop_group
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-fedcot-faults"
 KEY_ENV = "FEDCOT_FAULTS_KEY"
 ENV = {

@@ -33,7 +33,7 @@ from fedcot.serving import ServeConfig, ServeLimits, create_app, make_server
 from leaks import sensitive_units
 from tiny_models import make_tiny_lm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "test-key-Ω1"  # a non-ASCII key checks the byte-wise comparison
 ASCII_KEY = "sk-fedcot-test"
 AUTH = {"Authorization": f"Bearer {ASCII_KEY}"}

@@ -29,7 +29,7 @@ from fedcot.privacy.units import split_units
 from fake_openai_server import FakeOpenAIServer
 from leaks import sensitive_units
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
