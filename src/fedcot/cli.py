@@ -15,7 +15,32 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedcot import __version__
-from fedcot.errors import FedcotError
+from fedcot.config import DemoConfig, EvalConfig, dump_config, load_config
+from fedcot.cot.client import run_fedcot
+from fedcot.cot.config import FedCoTConfig
+from fedcot.data import get_task, load_dataset
+from fedcot.data.loaders import parse_field_flags, read_text_rows
+from fedcot.demo import run_demo
+from fedcot.errors import DataError, FedcotError
+from fedcot.evaluation import evaluate
+from fedcot.federation.flower_local import LocalFederation, threads_per_node
+from fedcot.mkt import run_mkt
+from fedcot.mkt.config import MKTConfig
+from fedcot.mkt.engine import accuracy_table
+from fedcot.models.backends import make_backend
+from fedcot.models.registry import EMBEDDED, list_models, prepare
+from fedcot.privacy.annotated import from_records
+from fedcot.privacy.evaluate import (
+    load_space_and_encoder,
+    load_texts,
+    parse_epsilons,
+    parse_mechanisms,
+    privacy_grid,
+    report_rows,
+)
+from fedcot.privacy.perturb import PerturbConfig, Perturber
+from fedcot.privacy.threats import run_threats, threat_table
+from fedcot.progress import progress_bar
 from fedcot.runs import RunFolder, check_run_config, read_json, write_jsonl
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,8 +83,6 @@ FieldOpt = Annotated[
 
 def _field_values(items: list[str] | None) -> dict[str, str]:
     """``--field`` flags as config values: ``{"fields.question": "query"}``."""
-    from fedcot.data.loaders import parse_field_flags
-
     return {f"fields.{k}": v for k, v in parse_field_flags(items or []).items()}
 
 
@@ -108,8 +131,6 @@ def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show the embedded models and what is converted in the cache."""
-    from fedcot.models.registry import list_models
-
     rows = list_models()
     if as_json:
         out.print_json(json.dumps([r.__dict__ for r in rows]))
@@ -141,8 +162,6 @@ def models_prepare(
 ) -> None:
     """Convert GGUF models to cached float32 transformers checkpoints (done once)."""
     import time
-
-    from fedcot.models.registry import EMBEDDED, prepare
 
     for name in names or list(EMBEDDED):
         t0 = time.perf_counter()
@@ -186,9 +205,6 @@ def eval_cmd(
     overrides: SetOpt = None,
 ) -> None:
     """Score a model on a task: accuracy with a 95 % interval and per-example predictions."""
-    from fedcot.config import EvalConfig, load_config
-    from fedcot.data import get_task, load_dataset
-
     cfg = load_config(
         EvalConfig,
         config,
@@ -219,8 +235,6 @@ def eval_cmd(
         shots = _fewshot_pool(cfg.data, task_obj, cfg.split, cfg.fields)[: cfg.fewshot]
     err.print(f"loading [bold]{cfg.model.model}[/] ({cfg.model.kind}) ...")
     be = cfg.model.build()
-    from fedcot.evaluation import evaluate
-
     result = evaluate(
         be,
         task_obj,
@@ -239,9 +253,6 @@ def eval_cmd(
 
 
 def _fewshot_pool(data: str, task: Any, split: str, fields: dict[str, str]) -> list[Any]:
-    from fedcot.data import load_dataset
-    from fedcot.errors import DataError
-
     for candidate in ("train", "valid", "val"):
         if candidate == split:
             continue
@@ -285,9 +296,6 @@ def demo_cmd(
     overrides: SetOpt = None,
 ) -> None:
     """Run the whole FedCoT pipeline on the embedded defaults (no arguments needed)."""
-    from fedcot.config import DemoConfig, load_config
-    from fedcot.demo import run_demo
-
     cfg = load_config(
         DemoConfig,
         config,
@@ -334,10 +342,6 @@ def distill_cmd(
     overrides: SetOpt = None,
 ) -> None:
     """Run FedCoT on a client: perturb → server rationales → decode → multi-task training."""
-    from fedcot.config import load_config
-    from fedcot.cot.client import run_fedcot
-    from fedcot.cot.config import FedCoTConfig
-
     cfg = load_config(
         FedCoTConfig,
         config,
@@ -405,9 +409,6 @@ def _mkt_config(
     output_dir: Path | None,
     fields: list[str] | None = None,
 ) -> Any:
-    from fedcot.config import load_config
-    from fedcot.mkt.config import MKTConfig
-
     return load_config(
         MKTConfig,
         config,
@@ -425,8 +426,6 @@ def _mkt_config(
 
 
 def _print_mkt(cfg: Any, metrics: dict[str, Any], folder: Path, engine: str = "") -> None:
-    from fedcot.mkt.engine import accuracy_table
-
     acc = accuracy_table(metrics)
     table = Table(title=f"fedcot mkt{engine} · {cfg.task} · {cfg.scenario} · {cfg.mode}")
     table.add_column("party")
@@ -466,8 +465,6 @@ def mkt_cmd(
     overrides: SetOpt = None,
 ) -> None:
     """Run FedMKT: a server LLM and client SLMs teach each other through top-K logits."""
-    from fedcot.mkt import run_mkt
-
     cfg = _mkt_config(config, overrides, task, data, rounds, mode, top_k, output_dir, fields)
     result = run_mkt(cfg, resume=resume, console=err)
     _print_mkt(cfg, result.metrics, result.output_dir)
@@ -513,7 +510,7 @@ def flower_app_cmd(
     overrides: SetOpt = None,
 ) -> None:
     """Write a Flower App (pyproject.toml) that runs this FedMKT config with `flwr run`."""
-    from fedcot.federation.flower import write_flower_app
+    from fedcot.federation.flower import write_flower_app  # lazy: imports flwr
 
     cfg = _mkt_config(config, overrides, task, data, rounds, mode, top_k, output_dir)
     path = write_flower_app(
@@ -563,9 +560,7 @@ def flower_local_cmd(
     """Run FedMKT over Flower on this machine: a SuperLink and one SuperNode per client on
     127.0.0.1 (real processes), then `flwr run`."""
 
-    from fedcot.config import dump_config
-    from fedcot.federation.flower import absolute_paths, write_flower_app
-    from fedcot.federation.flower_local import LocalFederation, threads_per_node
+    from fedcot.federation.flower import absolute_paths, write_flower_app  # lazy: imports flwr
 
     cfg = absolute_paths(
         _mkt_config(config, overrides, task, data, rounds, mode, top_k, output_dir)
@@ -641,9 +636,6 @@ def perturb_cmd(
     """Privatise text: perturbed JSONL plus a privacy ledger (strict JSON)."""
     import warnings
 
-    from fedcot.config import load_config
-    from fedcot.privacy.perturb import PerturbConfig, Perturber
-
     if bad_rows not in ("stop", "skip"):
         raise FedcotError(f"--bad-rows must be 'stop' or 'skip', not {bad_rows!r}")
     cfg = load_config(
@@ -666,8 +658,6 @@ def perturb_cmd(
         perturber = Perturber.from_config(cfg)
     for w in caught:
         err.print(f"[yellow]warning: {escape(str(w.message))}[/]")
-    from fedcot.progress import progress_bar
-
     results = []
     with progress_bar(len(texts), "perturb") as advance:
         for s in range(0, len(texts), 256):
@@ -718,8 +708,6 @@ def _read_texts(
     text: str | None, path: Path | None, field: str, skip_bad: bool = False
 ) -> tuple[list[str], list[str], list[str]]:
     """(ids, texts, skipped rows as "file:line (id)") from a TEXT argument or a file."""
-    from fedcot.errors import DataError
-
     if (text is None) == (path is None):
         raise FedcotError("give either a TEXT argument or --input FILE, not both or neither")
     if text is not None:
@@ -727,8 +715,6 @@ def _read_texts(
             raise DataError("the text is empty", hint="give a non-empty TEXT")
         return ["p0"], [text], []
     assert path is not None
-    from fedcot.data.loaders import read_text_rows
-
     ids: list[str] = []
     texts: list[str] = []
     skipped: list[str] = []
@@ -793,15 +779,6 @@ def privacy_eval_cmd(
     too: nearest neighbour, Bayes, seed replay and (``--contextual MODEL``) a local LLM,
     each against 10-candidate lists, with OS entropy and with seed 0.
     """
-    from fedcot.privacy.evaluate import (
-        load_space_and_encoder,
-        load_texts,
-        parse_epsilons,
-        parse_mechanisms,
-        privacy_grid,
-        report_rows,
-    )
-
     eps_list = parse_epsilons(eps)
     mechs = parse_mechanisms(mechanisms)
     texts, spans, name = load_texts(data, limit, seed)
@@ -839,15 +816,9 @@ def _privacy_threats(
     """The per-value attacks of fedcot.privacy.threats, per mechanism, ε and randomness."""
     import warnings
 
-    from fedcot.privacy.annotated import from_records
-    from fedcot.privacy.perturb import PerturbConfig, Perturber
-    from fedcot.privacy.threats import run_threats, threat_table
-
     items = from_records(texts, spans)
     backend = None
     if contextual:
-        from fedcot.models.backends import make_backend
-
         backend = make_backend("transformers", contextual, batch_size=8)
     rows = []
     for m in mechs:
@@ -930,7 +901,7 @@ def serve_cmd(
     Clients use it as a FedCoT server with --server http://HOST:PORT/v1. SIGTERM or Ctrl+C
     finishes the requests in flight, then exits.
     """
-    from fedcot.config import load_config
+    # lazy: fedcot.serving imports fastapi (slow; `fedcot --help` stays fast)
     from fedcot.serving import ServeConfig, read_api_keys
     from fedcot.serving.launch import load_and_serve
 

@@ -24,6 +24,7 @@ from pydantic import (
 from fedcot.data.loaders import check_fields
 from fedcot.data.tasks import COT_MAX_NEW_TOKENS
 from fedcot.errors import ConfigError
+from fedcot.models.backends import make_backend
 from fedcot.models.backends.base import GenerationParams
 from fedcot.privacy.perturb import PerturbConfig
 from fedcot.strict import StrictModel
@@ -77,8 +78,6 @@ class BackendConfig(StrictModel):
 
     def build(self):
         """Construct the backend this config describes."""
-        from fedcot.models.backends import make_backend
-
         if self.kind == "transformers":
             return make_backend("transformers", self.model, batch_size=self.batch_size)
         if self.kind == "openai":

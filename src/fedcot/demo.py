@@ -29,21 +29,23 @@ from rich.panel import Panel
 from rich.table import Table
 
 from fedcot.config import DemoConfig
+from fedcot.cot.client import FedCoTResult, perturbed_input, run_fedcot
+from fedcot.cot.config import FedCoTConfig
+from fedcot.data.synthetic import generate_private_records
+from fedcot.data.tasks import Example, get_task
+from fedcot.evaluation import paired_difference
+from fedcot.models.backends.replay import example_block
 from fedcot.privacy.attacks import verbatim_leakage
 from fedcot.privacy.units import split_units
 from fedcot.runs import read_jsonl
 
 if TYPE_CHECKING:
-    from fedcot.cot.client import FedCoTResult
-    from fedcot.data.tasks import Example
     from fedcot.privacy.perturb import PerturbConfig
 
 
 def distill_config(cfg: DemoConfig, *, non_private: bool = False) -> Any:
     """The ``fedcot distill`` configuration the demo runs (``non_private``: the baseline
     that sends the records as they are and stops after decoding)."""
-    from fedcot.cot.config import FedCoTConfig
-
     privacy = cfg.privacy.model_dump()
     strategy = privacy.pop("strategy")
     out = cfg.output_dir / "non_private" if non_private else cfg.output_dir
@@ -81,9 +83,6 @@ def run_demo(
     cfg: DemoConfig, console: Console | None = None, *, resume: bool = False
 ) -> dict[str, Any]:
     """Run the demo and return its summary (also written to ``output_dir/summary.json``)."""
-    from fedcot.cot.client import run_fedcot
-    from fedcot.data.synthetic import generate_private_records
-
     console = console or Console()
     t0 = time.perf_counter()
     _intro(console, cfg)
@@ -134,10 +133,6 @@ def _intro(console: Console, cfg: DemoConfig) -> None:
 def _leak_check(run: Path, records: list[Example]) -> dict[str, int]:
     """Which sensitive spans of each record appear verbatim in the prompt the server got
     about that record (exactly the prompts in the response cache)."""
-    from fedcot.cot.client import perturbed_input
-    from fedcot.data.tasks import get_task
-    from fedcot.models.backends.replay import example_block
-
     task = get_task("private-records")
     received = {example_block(r["prompt"]) for r in read_jsonl(run / "server_cache.jsonl")}
     leaked = total = coincidences = 0
@@ -178,8 +173,6 @@ def _show_one_record(console: Console, run: Path, records: list[Example]) -> str
 
 
 def _paired_gain(run: Path) -> tuple[float, float, float] | None:
-    from fedcot.evaluation import paired_difference
-
     before, after = (
         run / "eval" / "before_predictions.jsonl",
         run / "eval" / "after_predictions.jsonl",

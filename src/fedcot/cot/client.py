@@ -27,16 +27,22 @@ from fedcot.config import dump_config
 from fedcot.cot.cache import AskStats, RationaleCache, ask_cached
 from fedcot.cot.config import FedCoTConfig
 from fedcot.cot.decoders import DecodeItem, make_decoder, split_conclusion
+from fedcot.cot.encoder_decoder import EncoderDecoder
 from fedcot.cot.templates import fewshot_examples, server_prompt
+from fedcot.data.loaders import load_dataset
+from fedcot.data.synthetic import generate_private_records
 from fedcot.data.tasks import Example, Task, get_task, has_answer_marker
 from fedcot.errors import ConfigError
-from fedcot.evaluation import evaluate
+from fedcot.evaluation import evaluate, wilson_interval
 from fedcot.models.backends.base import Backend
+from fedcot.models.backends.transformers import TransformersBackend
+from fedcot.models.registry import load_model
 from fedcot.privacy.accountant import PrivacyAccountant
 from fedcot.privacy.perturb import Perturbation, Perturber, UnitDraw
 from fedcot.progress import progress_bar
 from fedcot.runs import RunFolder as BaseRunFolder
 from fedcot.runs import package_versions, read_json, read_jsonl, write_json, write_jsonl
+from fedcot.train.multitask import multitask_items, train_multitask
 
 __all__ = ["FedCoTResult", "RunFolder", "fidelity_summary", "load_examples", "run_fedcot"]
 
@@ -85,8 +91,6 @@ class RunFolder(BaseRunFolder):
 def load_examples(cfg: FedCoTConfig, task: Task) -> tuple[list[Example], list[Example]]:
     """The private training examples (with any recorded rationales) and the test examples."""
     if cfg.data == "synthetic":
-        from fedcot.data.synthetic import generate_private_records
-
         if task.name != "private-records":
             raise ConfigError(
                 "data = 'synthetic' generates private records",
@@ -96,8 +100,6 @@ def load_examples(cfg: FedCoTConfig, task: Task) -> tuple[list[Example], list[Ex
         n_test = cfg.test_limit or 32
         records = generate_private_records(n_train + n_test, seed=cfg.seed)
         return records[:n_train], records[n_train:]
-    from fedcot.data.loaders import load_dataset
-
     mapping = cfg.fields or None
     train = load_dataset(cfg.data, task, cfg.train_split, limit=cfg.train_limit, mapping=mapping)
     test = load_dataset(
@@ -219,7 +221,7 @@ def _eval_method(cfg: FedCoTConfig, task: Task, ex: Example) -> str:
 def build_server(cfg: FedCoTConfig, task: Task, train: Sequence[Example]) -> Backend:
     """The server backend a config names (the replay teacher is built from ``train``)."""
     if cfg.server.kind == "replay":
-        from fedcot.models.backends.replay import ReplayBackend
+        from fedcot.models.backends.replay import ReplayBackend  # lazy: the server's kind decides
 
         return ReplayBackend(task, train, name=f"replay:{cfg.task}")
     return cfg.server.build()
@@ -573,8 +575,6 @@ def _decode_stage(
 
 def fidelity_summary(rows: Sequence[dict[str, Any]], filter_on: bool) -> dict[str, Any]:
     """Counts of a decode stage: fidelity (agreeing / requested) with a Wilson interval."""
-    from fedcot.evaluation import wilson_interval
-
     n = len(rows)
     agree = sum(1 for r in rows if r["agrees"])
     kept = sum(1 for r in rows if r["kept"])
@@ -595,9 +595,6 @@ def _train_stage(
 ) -> tuple[Backend, dict[str, Any], list[dict[str, Any]]]:
     """Multi-task LoRA training of the student: the trained model as a backend, what the
     run reports of the training, and its log history (for the plots)."""
-    from fedcot.models.backends.transformers import TransformersBackend
-    from fedcot.train.multitask import multitask_items, train_multitask
-
     cfg, student = ctx.cfg, ctx.student()
     tokenizer = student.tokenizer  # type: ignore[attr-defined]
     chat = student.supports_chat
@@ -643,10 +640,6 @@ def _encoder_decoder(
     resume: bool,
 ) -> tuple[Any, list[str]]:
     """PDSS v1: fit the encoder-decoder on public data, then encode the private texts."""
-    from fedcot.cot.encoder_decoder import EncoderDecoder
-    from fedcot.data.loaders import load_dataset
-    from fedcot.models.registry import load_model
-
     ed = cfg.encoder_decoder
     public_task = (
         get_task(ed.public_task, answer_style=cfg.answer_style) if ed.public_task else task

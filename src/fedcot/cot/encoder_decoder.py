@@ -39,15 +39,18 @@ from pydantic import Field, model_validator
 from fedcot.data.prompts import ChatMessage, Prompt, render_prompt
 from fedcot.errors import BackendError, ConfigError
 from fedcot.models.backends.base import GenerationParams
+from fedcot.models.backends.transformers import TransformersBackend
 from fedcot.privacy.perturb import PerturbConfig, Perturber
+from fedcot.progress import progress_bar
 from fedcot.strict import StrictModel
-from fedcot.train.multitask import TrainConfig
+from fedcot.train import multitask
+from fedcot.train.lora import load_trained
+from fedcot.train.multitask import SFTItem, TrainConfig
 
 if TYPE_CHECKING:
     from fedcot.data.tasks import Example, Task
-    from fedcot.models.backends.transformers import TransformersBackend
     from fedcot.privacy.perturb import Perturbation
-    from fedcot.train.multitask import SFTItem, TrainResult
+    from fedcot.train.multitask import TrainResult
 
 __all__ = [
     "DECODE_KIND",
@@ -190,8 +193,6 @@ def encoder_decoder_items(
     decode: prompt :func:`decode_prompt` (perturbed, its rationale, original), target = the
     rationale for the original.
     """
-    from fedcot.train.multitask import SFTItem
-
     n = len(originals)
     if not (len(perturbed) == len(original_rationales) == len(perturbed_rationales) == n):
         raise ValueError("originals, perturbed texts and both rationale lists differ in length")
@@ -397,8 +398,6 @@ class EncoderDecoder:
         batch_size: int = 8,
         cfg: EncoderDecoderConfig | None = None,
     ) -> None:
-        from fedcot.models.backends.transformers import TransformersBackend
-
         model.eval()  # LoRA dropout off: greedy decoding is reproducible
         self.model = model
         self.tokenizer = tokenizer
@@ -445,14 +444,12 @@ class EncoderDecoder:
         get no decode item. The adapter lands in ``output_dir/adapter`` and the metadata in
         ``output_dir/encoder_decoder.json``. ``model`` is wrapped (LoRA) in place.
         """
-        from fedcot.train.multitask import train_multitask
-
         cfg = cfg or EncoderDecoderConfig()
         public = _public_training_set(
             tokenizer, task, public_examples, perturber, ask, cfg, chat=chat
         )
         out = Path(output_dir)
-        result = train_multitask(
+        result = multitask.train_multitask(  # via the module: tests patch it there
             model,
             tokenizer,
             public.groups,
@@ -483,8 +480,6 @@ class EncoderDecoder:
         """Reload a trained encoder-decoder: ``base`` model + the ``adapter`` folder of
         :meth:`fit`. ``chat`` and ``cfg`` default to what ``encoder_decoder.json`` (next to
         or above the adapter) recorded."""
-        from fedcot.train.lora import load_trained
-
         folder = Path(adapter_dir)
         model, tokenizer = load_trained(base, folder)
         meta = _find_metadata(folder) or {}
@@ -502,8 +497,6 @@ class EncoderDecoder:
             return []
         if not label:
             return [c.text for c in self.backend.generate(prompts, params)]
-        from fedcot.progress import progress_bar
-
         with progress_bar(len(prompts), label) as advance:
             self.backend.set_progress(advance)
             try:

@@ -47,6 +47,7 @@ import yaml
 from pydantic import ValidationError
 from rich.console import Console
 
+from fedcot import __version__
 from fedcot.config import dump_config
 from fedcot.data.tasks import get_task
 from fedcot.errors import ConfigError, FedcotError
@@ -673,8 +674,6 @@ def write_flower_app(folder: Path, cfg: MKTConfig, **run_config: Any) -> Path:
     ServerApp runs wherever the SuperLink was started.
     """
     import tomli_w
-
-    from fedcot import __version__
 
     cfg = absolute_paths(cfg)
     config = dict(RUN_CONFIG_DEFAULTS)

@@ -46,6 +46,9 @@ from typing import Any
 
 import numpy as np
 
+from fedcot.models.registry import fedcot_home
+from fedcot.progress import progress_bar
+
 __all__ = [
     "VocabMap",
     "brute_force_min_distance",
@@ -581,8 +584,6 @@ def min_distance_search(
     seconds per phase and counts. ``_bound_slack`` is added to every lower bound: it breaks
     the pruning on purpose (tests show that the brute-force comparison catches it).
     """
-    from fedcot.progress import progress_bar
-
     if not candidates:
         raise ValueError("no candidates")
     t0 = time.perf_counter()
@@ -631,8 +632,6 @@ def min_distance_search(
 
 # -- tokenizer maps --------------------------------------------------------------------------
 def _default_cache_dir() -> Path:
-    from fedcot.models.registry import fedcot_home
-
     return fedcot_home() / "vocab_maps"
 
 

@@ -44,7 +44,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedcot.data import TASK_NAMES, generate_private_records, get_task, load_dataset
+from fedcot.data.loaders import read_text_rows
 from fedcot.errors import ConfigError, DataError
+from fedcot.privacy.annotated import parse_marked
 from fedcot.privacy.attacks import (
     HypothesisSet,
     bayes_inversion,
@@ -52,17 +55,20 @@ from fedcot.privacy.attacks import (
     integer_part,
     nearest_neighbour_inversion,
     nearest_number_inversion,
+    verbatim_leakage,
 )
 from fedcot.privacy.mechanisms import check_epsilon
+from fedcot.privacy.perturb import PerturbConfig, Perturber
+from fedcot.privacy.sensitivity import SensitivityDetector, normalize_with_offsets
+from fedcot.privacy.space import EmbeddingSpace
 from fedcot.privacy.units import split_units
-from fedcot.privacy.utility import token_change_rate
+from fedcot.privacy.utility import get_encoder, token_change_rate
+from fedcot.progress import progress_bar
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from fedcot.privacy.perturb import Perturber
-    from fedcot.privacy.space import EmbeddingSpace
     from fedcot.privacy.utility import SentenceEncoder
 
 __all__ = [
@@ -187,15 +193,11 @@ def load_texts(
         raise ConfigError(f"limit must be >= 1, got {limit}")
     key = data.strip()
     if key.lower() == "pii":
-        from fedcot.data import generate_private_records
-
         records = generate_private_records(limit or 200, seed)
         return [r.question for r in records], [list(r.meta["spans"]) for r in records], "pii"
     path = Path(key).expanduser()
     if path.suffix.lower() in (".jsonl", ".txt") or path.is_file():
         return _load_file(path, limit)
-    from fedcot.data import TASK_NAMES, get_task, load_dataset
-
     if key.lower().replace("_", "-") not in TASK_NAMES:
         raise DataError(
             f"unknown data source {data!r}",
@@ -216,8 +218,6 @@ def load_texts(
 def _load_file(
     path: Path, limit: int | None
 ) -> tuple[list[str], list[list[dict[str, Any]]] | None, str]:
-    from fedcot.data.loaders import read_text_rows
-
     texts: list[str] = []
     spans: list[list[dict[str, Any]]] = []
     any_spans = False
@@ -229,8 +229,6 @@ def _load_file(
             spans.append([])
             continue
         if "marked" in row:  # inline marks: {{kind:value}}
-            from fedcot.privacy.annotated import parse_marked
-
             marked, found = parse_marked(str(row["marked"]))
             row = {"text": marked, "spans": [
                 {"start": a, "end": b, "kind": k, "text": marked[a:b]} for a, b, k in found
@@ -290,8 +288,6 @@ class _Corpus:
 
     @classmethod
     def build(cls, texts: Sequence[str], spans: Sequence[Sequence[dict]] | None) -> _Corpus:
-        from fedcot.privacy.sensitivity import SensitivityDetector
-
         detector = SensitivityDetector()
         n_private, where, original, kind, sensitive, starts = [], [], [], [], [], []
         for t, text in enumerate(texts):
@@ -385,12 +381,8 @@ def privacy_grid(
         raise ConfigError(f"attack_units must be >= 1 (got {attack_units})")
 
     if space is None:
-        from fedcot.privacy.space import EmbeddingSpace
-
         space = EmbeddingSpace.from_model()
     if encoder is None:
-        from fedcot.privacy.utility import get_encoder
-
         encoder = get_encoder()
 
     texts, spans = normalise_corpus(texts, spans)
@@ -400,8 +392,6 @@ def privacy_grid(
     hyps = HypothesisSet.for_corpus(space, words, max_hypotheses=max_hypotheses)
     sample = corpus.sample(attack_units, seed)
     original_emb = encoder.encode(texts)
-
-    from fedcot.progress import progress_bar
 
     cells = [(m, e) for m in mechs for e in eps_list]
     rows: list[PrivacyRow] = []
@@ -424,9 +414,6 @@ def load_space_and_encoder(console: Console) -> tuple[EmbeddingSpace, SentenceEn
     Prints the number of candidates and the seconds the two took to ``console``.
     """
     t0 = time.perf_counter()
-    from fedcot.privacy.space import EmbeddingSpace
-    from fedcot.privacy.utility import get_encoder
-
     space = EmbeddingSpace.from_model()
     encoder = get_encoder()
     loaded = time.perf_counter() - t0
@@ -464,8 +451,6 @@ def _cell_perturber(
     mechanism: str, eps: float, space: EmbeddingSpace, *, top_k: int, factor: float, seed: int
 ) -> Perturber:
     """The seeded perturber of one cell (adaptive: ε_S = ``eps``, ε_N = ``factor`` · ``eps``)."""
-    from fedcot.privacy.perturb import PerturbConfig, Perturber
-
     cfg = PerturbConfig(
         strategy=mechanism,  # type: ignore[arg-type]
         epsilon=eps,
@@ -602,8 +587,6 @@ def normalise_corpus(
     texts: Sequence[str], spans: Sequence[Sequence[dict]] | None
 ) -> tuple[list[str], list[list[dict]] | None]:
     """Texts as the perturber sees them (normalised), with their spans moved along."""
-    from fedcot.privacy.sensitivity import normalize_with_offsets
-
     out_t: list[str] = []
     out_s: list[list[dict]] = []
     for i, t in enumerate(texts):
@@ -639,8 +622,6 @@ def _utility(
     change = [token_change_rate(o, p) for o, p in zip(texts, perturbed)]
     verbatim: float | None = None
     if corpus.spans is not None:
-        from fedcot.privacy.attacks import verbatim_leakage
-
         leaked = total = 0
         for o, p, sp in zip(texts, perturbed, corpus.spans):
             a, b = verbatim_leakage(o, p, sp)

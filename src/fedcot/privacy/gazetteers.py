@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcot.errors import ConfigError
+from fedcot.models.registry import fedcot_home
 from fedcot.privacy.frequency import zipf
 
 __all__ = [
@@ -272,8 +273,6 @@ _SOURCES = (
 def _cache_file() -> Path:
     """Where the built lists are kept: keyed by this module's code and the source versions."""
     from importlib.metadata import version
-
-    from fedcot.models.registry import fedcot_home
 
     key = hashlib.sha256(Path(__file__).read_bytes())
     key.update(json.dumps([version(p) for p in _SOURCES]).encode())

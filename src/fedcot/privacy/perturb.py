@@ -47,8 +47,9 @@ from fedcot.privacy.mechanisms import (
     WordMechanism,
     check_epsilon,
 )
-from fedcot.privacy.sensitivity import normalize
+from fedcot.privacy.sensitivity import SensitivityDetector, normalize
 from fedcot.privacy.space import EmbeddingSpace
+from fedcot.privacy.surrogates import DEFAULT_LOCALES, SurrogateMaker
 from fedcot.privacy.units import Unit, apply_case, case_pattern, split_units
 
 Strategy = Literal["exponential", "topk", "rantext", "adaptive", "none"]
@@ -127,8 +128,6 @@ class PerturbConfig(BaseModel):
 
 
 def _default_locales() -> tuple[str, ...]:
-    from fedcot.privacy.surrogates import DEFAULT_LOCALES
-
     return DEFAULT_LOCALES
 
 
@@ -276,8 +275,6 @@ class Perturber:
                 words = RantextMechanism(space)
         detector = None
         if cfg.strategy == "adaptive":
-            from fedcot.privacy.sensitivity import SensitivityDetector
-
             detector = SensitivityDetector(terms=tuple(cfg.terms), rare_zipf=cfg.rare_zipf)
         return cls(
             words,
@@ -329,8 +326,6 @@ class Perturber:
     # -- FedCoT-A ------------------------------------------------------------------------
     def _surrogate_maker(self) -> Any:
         if self._surrogates is None:
-            from fedcot.privacy.surrogates import DEFAULT_LOCALES, SurrogateMaker
-
             self._surrogates = SurrogateMaker(
                 self.py_rng, self.rng, self.eps_s, self._locales or DEFAULT_LOCALES
             )

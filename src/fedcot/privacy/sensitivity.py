@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from fedcot.errors import MissingDependencyError
 from fedcot.privacy.frequency import zipf
 from fedcot.privacy.gazetteers import Gazetteers, gazetteers
 from fedcot.privacy.units import Unit, split_units
@@ -793,8 +794,6 @@ def _presidio() -> Any:
     try:
         import presidio_analyzer
     except ImportError as e:  # pragma: no cover - a core dependency
-        from fedcot.errors import MissingDependencyError
-
         raise MissingDependencyError(
             "the detector needs presidio-analyzer", hint="pip install presidio-analyzer"
         ) from e

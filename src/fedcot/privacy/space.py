@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 
 from fedcot.errors import ConfigError
+from fedcot.models.registry import prepare
 
 VocabFilter = Literal["words", "all"]
 EmbedFn = Callable[[str], np.ndarray]
@@ -190,8 +191,6 @@ class EmbeddingSpace:
     ) -> EmbeddingSpace:
         """Build the space from a model's input embeddings (no full model load)."""
         t0 = time.perf_counter()
-        from fedcot.models.registry import prepare
-
         folder = prepare(name_or_path)
         matrix = _read_input_embeddings(folder)
         tokenizer = _load_tokenizer(folder)

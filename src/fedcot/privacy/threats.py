@@ -38,7 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from fedcot.privacy.attacks import integer_part
 from fedcot.privacy.frequency import unigram_logprob
+from fedcot.privacy.mechanisms import parse_unit_number
+from fedcot.privacy.surrogates import number_kind
 from fedcot.privacy.units import split_units
 
 __all__ = [
@@ -221,8 +224,6 @@ def _unit_likelihood(perturber: Any, c: Any, o: Any) -> float:
         return float(mech.log_likelihood(y, space.vectors_for([c.text]), perturber.eps_s)[0])
     if c.kind == "number":
         outs, logp = perturber.numbers.distribution(c.text, perturber.eps_s)
-        from fedcot.privacy.attacks import integer_part
-
         want = integer_part(o.text)
         hit = [lp for v, lp in zip(outs, logp) if int(v) == want]
         return float(hit[0]) if hit else -math.inf
@@ -231,9 +232,6 @@ def _unit_likelihood(perturber: Any, c: Any, o: Any) -> float:
 
 
 def _number_likelihood(perturber: Any, t: Target, cand: str, out: str, source: str) -> float:
-    from fedcot.privacy.mechanisms import parse_unit_number
-    from fedcot.privacy.surrogates import number_kind
-
     try:
         x = parse_unit_number(cand)[0]
         y = parse_unit_number(out.split()[0])[0] if out else math.nan

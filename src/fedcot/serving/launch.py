@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fedcot.serving.app import check_port, serve
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -20,8 +22,6 @@ def load_and_serve(cfg: ServeConfig, api_keys: set[str], *, out: Console, err: C
     ``err``; the line ``fedcot serve: NAME at URL`` goes to ``out`` once the server listens,
     and ``fedcot serve: stopped`` to ``err`` after it stopped.
     """
-    from fedcot.serving import check_port, serve
-
     check_port(cfg.host, cfg.port)  # the only port check: before the (slow) model load
     err.print(f"loading [bold]{cfg.model.model}[/] ({cfg.model.kind}) ...")
     be = cfg.model.build()

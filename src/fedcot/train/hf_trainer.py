@@ -14,6 +14,7 @@ from typing import Any
 
 import transformers
 
+from fedcot.progress import console
 from fedcot.train.config import IGNORE_INDEX
 from fedcot.train.steps import (
     LengthBucketSampler,
@@ -165,8 +166,6 @@ class RichProgress(transformers.TrainerCallback):
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
-
-        from fedcot.progress import console
 
         self._progress = Progress(
             TextColumn("[bold]train"),

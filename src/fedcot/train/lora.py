@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedcot.errors import ConfigError, ModelNotFoundError
+from fedcot.models.registry import prepare
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -114,8 +115,6 @@ def load_adapter(model: Any, folder: str | os.PathLike[str]) -> None:
 
 
 def _base_folder(base: str | os.PathLike[str]) -> Path:
-    from fedcot.models.registry import prepare
-
     return Path(prepare(base))
 
 

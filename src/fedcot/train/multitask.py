@@ -45,6 +45,7 @@ from fedcot.data.prompts import render_prompt
 from fedcot.errors import ConfigError
 from fedcot.strict import StrictModel
 from fedcot.train.config import IGNORE_INDEX, LoraSettings
+from fedcot.train.lora import apply_lora
 from fedcot.train.steps import LengthBucketSampler, eval_mean, group_length
 
 if TYPE_CHECKING:
@@ -455,7 +456,7 @@ def _prepare_data(
 
 
 def _rich_progress() -> Any:
-    from fedcot.train.hf_trainer import RichProgress
+    from fedcot.train.hf_trainer import RichProgress  # lazy: imports torch, transformers
 
     return RichProgress()
 
@@ -575,7 +576,7 @@ def _trainer_arguments(
     cfg: TrainConfig, ckpt_dir: Path, active: Mapping[str, float], evaluating: bool
 ) -> Any:
     """The ``MultiTaskArguments`` of ``cfg``: CPU, no reports, our own progress bar."""
-    from fedcot.train.hf_trainer import MultiTaskArguments
+    from fedcot.train.hf_trainer import MultiTaskArguments  # lazy: imports torch, transformers
 
     return MultiTaskArguments(
         output_dir=str(ckpt_dir),
@@ -628,13 +629,11 @@ def _run_trainer(
     import torch
     from transformers import PrinterCallback
 
-    from fedcot.train.hf_trainer import MultiTaskTrainer
+    from fedcot.train.hf_trainer import MultiTaskTrainer  # lazy: imports torch, transformers
 
     with _preserve_rng():
         torch.manual_seed(cfg.seed)  # LoRA initialisation
         if cfg.method == "lora":
-            from fedcot.train.lora import apply_lora
-
             model = apply_lora(model, cfg)
         else:
             model.requires_grad_(True)
@@ -699,7 +698,8 @@ def train_multitask(
     train_ds = tokenize_groups(data.train, tokenizer, cfg.max_length)
     eval_ds = tokenize_groups(data.eval, tokenizer, cfg.max_length) if data.eval else None
 
-    import fedcot.train.hf_trainer  # noqa: F401  (imported before the clock starts)
+    # lazy: imports torch, transformers; loaded here, before the clock starts
+    import fedcot.train.hf_trainer  # noqa: F401
 
     t0 = time.perf_counter()
     trainer = _run_trainer(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedcot.errors import ConfigError
 from fedcot.models.backends.base import (
     Backend,
     ChatMessage,
@@ -16,6 +17,7 @@ from fedcot.models.backends.base import (
     Prompt,
     TopKLogprobs,
 )
+from fedcot.models.registry import resolve
 
 BACKEND_KINDS = ("transformers", "openai", "llamacpp")
 
@@ -41,8 +43,7 @@ def make_backend(kind: str, model: str, **options: Any) -> Backend:
     - ``llamacpp``: ``model`` is a ``.gguf`` file or an embedded name; options: ``n_ctx``,
       ``n_threads``, ``seed``.
     """
-    from fedcot.errors import ConfigError
-
+    # lazy: the kind decides which backend module (and its heavy dependency) is imported
     if kind == "transformers":
         from fedcot.models.backends.transformers import TransformersBackend
 
@@ -59,7 +60,6 @@ def make_backend(kind: str, model: str, **options: Any) -> Backend:
         return OpenAIBackend(base_url, model, **options)
     if kind == "llamacpp":
         from fedcot.models.backends.llamacpp import LlamaCppBackend
-        from fedcot.models.registry import resolve
 
         return LlamaCppBackend(resolve(model).gguf_file(), **options)
     raise ConfigError(

@@ -22,6 +22,7 @@ from fedcot.models.backends.base import (
     is_chat,
     render_prompt,
 )
+from fedcot.models.registry import load_model
 
 if TYPE_CHECKING:
     import torch
@@ -145,8 +146,6 @@ class TransformersBackend(Backend):
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> TransformersBackend:
         """Load an embedded model name, a ``.gguf`` file or a transformers folder."""
-        from fedcot.models.registry import load_model
-
         model, tokenizer = load_model(name_or_path)
         kwargs.setdefault("name", str(name_or_path))
         return cls(model, tokenizer, **kwargs)
