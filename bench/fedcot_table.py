@@ -37,6 +37,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -377,10 +378,10 @@ def _task_sections(tasks: tuple[str, ...]) -> list[str]:
     return sections
 
 
-def report() -> None:
-    """Rebuild the docs sections of the tasks whose runs are stored here (a section whose
-    runs are not on this machine is left as it is)."""
-    records = _task_sections(("private-records",))
+def report(tasks: Sequence[str] = ("private-records", "cqa", "esnli")) -> None:
+    """Rebuild the docs sections of ``tasks`` whose runs are stored here (a section whose
+    runs are not on this machine, or were not run now, is left as it is)."""
+    records = _task_sections(("private-records",)) if "private-records" in tasks else []
     if records:
         params = _params("private-records")
         body = (
@@ -390,7 +391,7 @@ def report() -> None:
         )
         title = "FedCoT end to end on the private records: student accuracy over seeds"
         write_section("fedcot-records", title, body)
-    sections = _task_sections(("cqa", "esnli"))
+    sections = _task_sections(tuple(t for t in ("cqa", "esnli") if t in tasks))
     if not sections:
         return
     params = _params("cqa")
@@ -452,7 +453,10 @@ def main() -> None:
                 (OUT / task).mkdir(parents=True, exist_ok=True)
                 (OUT / task / "params.json").write_text(json.dumps(keep, indent=2))
             run_rows(args)
-    report()
+    if args.report_only:
+        report()
+    else:
+        report(args.tasks)
 
 
 if __name__ == "__main__":
