@@ -171,7 +171,7 @@ def test_mutual_rounds_end_to_end(tmp_path, tiny_parties, rte_folder):
 
     seen: list[tuple[int, str, str]] = []
     cfg = mkt_cfg(tmp_path, tiny_parties, rte_folder)
-    res = run_mkt(cfg, progress=False, hook=lambda r, p, ph: seen.append((r, p, ph)))
+    res = run_mkt(cfg, progress=False, on_phase=lambda r, p, ph: seen.append((r, p, ph)))
     run = Path(cfg.output_dir)
     for name in ("config.yaml", "manifest.json", "metrics.json", "state.json"):
         assert (run / name).is_file(), name
@@ -236,11 +236,11 @@ def test_resume_after_an_interrupted_round_matches_an_uninterrupted_run(
 
     cut = mkt_cfg(tmp_path / "b", tiny_parties, rte_folder)
     with pytest.raises(Boom):
-        run_mkt(cut, progress=False, hook=fail)
+        run_mkt(cut, progress=False, on_phase=fail)
     state = json.loads((Path(cut.output_dir) / "state.json").read_text())
     assert state["completed_round"] == 1
     asked: list[tuple[int, str, str]] = []
-    run_mkt(cut, resume=True, progress=False, hook=lambda r, p, ph: asked.append((r, p, ph)))
+    run_mkt(cut, resume=True, progress=False, on_phase=lambda r, p, ph: asked.append((r, p, ph)))
     assert {r for r, _, _ in asked} == {2}  # round 1 was not run again
     a = read_adapters(Path(full.output_dir), 2)
     b = read_adapters(Path(cut.output_dir), 2)
@@ -276,7 +276,7 @@ def test_fedavg_one_way_and_standalone(tmp_path, tiny_parties, rte_folder):
     rounds.load_party = spy_load
     try:
         cfg = mkt_cfg(tmp_path / "avg", tiny_parties, rte_folder, fedavg=True, rounds=1)
-        res = run_mkt(cfg, progress=False, hook=grab)
+        res = run_mkt(cfg, progress=False, on_phase=grab)
     finally:
         rounds.load_party = real_load
     for k in states["client-1"]:

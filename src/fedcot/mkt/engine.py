@@ -53,14 +53,14 @@ from fedcot.mkt.steps import (
     ClientReply,
     ClientSteps,
     Maps,
-    PhaseHook,
+    PhaseCallback,
     average_adapters,
     distill_from,
     distill_phase,
     evaluate_phase,
     fedavg_phase,
+    ignore_phase,
     local_phase,
-    no_hook,
     phase_seed,
     train_party,
 )
@@ -302,7 +302,7 @@ class Transport(Protocol):
 
 class InProcessTransport:
     """Every client in this process: the phases run a step at a time across the clients
-    (``hook`` sees the protocol's order); messages cross as JSON and are validated back."""
+    (``on_phase`` sees the protocol's order); messages cross as JSON and are validated back."""
 
     engine = "in-process"
 
@@ -312,9 +312,15 @@ class InProcessTransport:
         clients: Sequence[ClientSteps],
         maps: Maps,
         texts: Mapping[str, Sequence[str]],
-        hook: PhaseHook = no_hook,
+        on_phase: PhaseCallback = ignore_phase,
     ) -> None:
-        self.cfg, self.clients, self.maps, self.texts, self.hook = cfg, clients, maps, texts, hook
+        self.cfg, self.clients, self.maps, self.texts, self.on_phase = (
+            cfg,
+            clients,
+            maps,
+            texts,
+            on_phase,
+        )
 
     def start_round(self, round_no: int) -> None:
         pass
@@ -323,16 +329,24 @@ class InProcessTransport:
         return [c.name for c in self.clients]
 
     def local(self, round_no: int, *, evaluate: bool) -> Replies:
-        return local_phase(self.cfg, self.clients, round_no, evaluate=evaluate, hook=self.hook)
+        return local_phase(
+            self.cfg, self.clients, round_no, evaluate=evaluate, on_phase=self.on_phase
+        )
 
     def fedavg(self, round_no: int, average: bytes) -> Replies:
         msg = AdapterMessage.model_validate_json(average)
-        return fedavg_phase(self.cfg, self.clients, round_no, msg, hook=self.hook)
+        return fedavg_phase(self.cfg, self.clients, round_no, msg, on_phase=self.on_phase)
 
     def distill(self, round_no: int, server_logits: bytes, *, evaluate: bool) -> Replies:
         msg = LogitsMessage.model_validate_json(server_logits)
         return distill_phase(
-            self.clients, round_no, msg, self.maps, self.texts, evaluate=evaluate, hook=self.hook
+            self.clients,
+            round_no,
+            msg,
+            self.maps,
+            self.texts,
+            evaluate=evaluate,
+            on_phase=self.on_phase,
         )
 
     def evaluate(self, round_no: int) -> Replies:
@@ -397,11 +411,11 @@ def run_rounds(
     server: ServerSide,
     *,
     console: Console,
-    hook: PhaseHook | None = None,
+    on_phase: PhaseCallback | None = None,
 ) -> MKTResult:
     """Run (or resume) the rounds of ``cfg`` in ``run`` with the clients behind
     ``transport``; write the manifest and return the result."""
-    hook = hook or no_hook
+    on_phase = on_phase or ignore_phase
     if run.done:
         folder = run.checkpoint_dir(run.done)
         for p in [server.party, *transport.held_parties()]:
@@ -411,7 +425,7 @@ def run_rounds(
         _evaluate_before(transport, run, server, console)
     hashes = {p: info["tokenizer_hash"] for p, info in transport.client_info().items()}
     for r in range(run.done + 1, cfg.rounds + 1):
-        _round(cfg, transport, run, server, r, hashes, console, hook)
+        _round(cfg, transport, run, server, r, hashes, console, on_phase)
     parties = {server.name: party_info(server.party, "server"), **transport.client_info()}
     manifest = manifest_base(
         cfg,
@@ -448,7 +462,7 @@ def _round(
     r: int,
     hashes: Mapping[str, str],
     console: Console,
-    hook: PhaseHook,
+    on_phase: PhaseCallback,
 ) -> None:
     """One round: clients learn locally (and send), the server learns, then teaches."""
     t0 = time.perf_counter()
@@ -460,12 +474,12 @@ def _round(
     received: list[LogitsMessage] = []
     if cfg.mode != "standalone":
         received = _client_logits(cfg, transport, server, r, finals, hashes, traffic)
-    log.append(_server_learns(cfg, server, received, r, hook))
+    log.append(_server_learns(cfg, server, received, r, on_phase))
     if cfg.mode != "standalone":
-        finals = _teach_clients(cfg, transport, server, r, want_eval, traffic, hook)
+        finals = _teach_clients(cfg, transport, server, r, want_eval, traffic, on_phase)
         log += _logs(finals)
     if want_eval:
-        hook(r, "all", "evaluate")
+        on_phase(r, "all", "evaluate")
         run.record_eval(r, server.name, server.evaluate())
         for p, rep in finals.items():
             if rep.eval is not None:
@@ -562,11 +576,11 @@ def _server_learns(
     server: ServerSide,
     received: Sequence[LogitsMessage],
     r: int,
-    hook: PhaseHook,
+    on_phase: PhaseCallback,
 ) -> dict[str, Any]:
     """``mutual``: the server distills from the clients' logits (from the labels alone when
     none arrived); otherwise it fine-tunes on the public labels."""
-    hook(r, server.name, "distill")
+    on_phase(r, server.name, "distill")
     party, seed, steps = server.party, phase_seed(cfg, r, 0, SERVER_DISTILL), cfg.train.server_steps
     if cfg.mode != "mutual":
         return train_party(
@@ -606,10 +620,10 @@ def _teach_clients(
     r: int,
     evaluate: bool,
     traffic: dict[str, Any],
-    hook: PhaseHook,
+    on_phase: PhaseCallback,
 ) -> Replies:
     """The server's logits to every client present; returns their distillation replies."""
-    hook(r, server.name, "logits")
+    on_phase(r, server.name, "logits")
     rows, losses = server.party.public_logits(server.items, k=cfg.top_k, loss_unit=cfg.loss_unit)
     msg = server.party.message(r, server.items, rows, losses)
     raw = msg.model_dump_json().encode()
@@ -641,7 +655,7 @@ def run_mkt(
     resume: bool = False,
     console: Console | None = None,
     progress: bool = True,
-    hook: PhaseHook | None = None,
+    on_phase: PhaseCallback | None = None,
 ) -> MKTResult:
     """Run (or resume) FedMKT rounds as configured, every party in this process; see the
     module docstring and :class:`RunFolder` for what the run folder holds."""
@@ -668,6 +682,6 @@ def run_mkt(
         for i, (c, part) in enumerate(zip(clients, private), start=1)
     ]
     side = ServerSide(server, task, public, test, maps, map_info, texts, progress)
-    transport = InProcessTransport(cfg, steps, maps, texts, hook or no_hook)
+    transport = InProcessTransport(cfg, steps, maps, texts, on_phase or ignore_phase)
     run.timings.setdefault("setup_s", round(time.perf_counter() - t0, 2))
-    return run_rounds(cfg, transport, run, side, console=con, hook=hook)
+    return run_rounds(cfg, transport, run, side, console=con, on_phase=on_phase)

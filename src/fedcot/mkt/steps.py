@@ -7,7 +7,7 @@
 A client's side of the round is written once, as phases over a list of
 :class:`ClientSteps`: :func:`local_phase`, :func:`fedavg_phase`, :func:`distill_phase` and
 :func:`evaluate_phase`. The in-process engine runs each phase over all its clients (a step
-at a time across them, so the ``hook`` sees the protocol's order); the Flower ClientApp runs
+at a time across them, so ``on_phase`` sees the protocol's order); the Flower ClientApp runs
 it over its one client after restoring that client's checkpoint. Every step is seeded by
 (seed, round, party, phase) (:func:`phase_seed`), so both end with the same adapters.
 """
@@ -38,15 +38,15 @@ __all__ = [
     "ClientReply",
     "ClientSteps",
     "Maps",
-    "PhaseHook",
+    "PhaseCallback",
     "adapter_message",
     "average_adapters",
     "distill_from",
     "distill_phase",
     "evaluate_phase",
     "fedavg_phase",
+    "ignore_phase",
     "local_phase",
-    "no_hook",
     "phase_seed",
     "train_party",
 ]
@@ -54,15 +54,16 @@ __all__ = [
 LOCAL, SERVER_DISTILL, CLIENT_DISTILL = 1, 2, 3
 """Phase numbers in the seeds: every phase is seeded by (seed, round, party index, phase)."""
 
-PhaseHook = Callable[[int, str, str], None]
-"""``hook(round, party, phase)``, called before each phase (tests inject faults with it)."""
+PhaseCallback = Callable[[int, str, str], None]
+"""``on_phase(round, party, phase)``, called before each phase: to follow a run's progress,
+log it, or stop it at a given phase by raising (the tests inject faults this way)."""
 
 Maps = Mapping[tuple[str, str], np.ndarray]
 """MinED vocabulary maps keyed by (sender tokenizer hash, receiver tokenizer hash)."""
 
 
-def no_hook(round_no: int, party: str, phase: str) -> None:
-    """The hook of a run nobody watches."""
+def ignore_phase(round_no: int, party: str, phase: str) -> None:
+    """The ``on_phase`` of a run nobody watches."""
 
 
 def phase_seed(cfg: MKTConfig, round_no: int, index: int, phase: int) -> int:
@@ -326,28 +327,28 @@ def local_phase(
     round_no: int,
     *,
     evaluate: bool,
-    hook: PhaseHook = no_hook,
+    on_phase: PhaseCallback = ignore_phase,
 ) -> dict[str, ClientReply]:
     """Every client trains on its private part. ``standalone``: then on the public labels,
     which ends its round (evaluated if asked). Otherwise it sends its adapter (FedAvg) or,
     ``mutual``, its logits."""
     replies = {c.name: ClientReply() for c in clients}
     for c in clients:
-        hook(round_no, c.name, "local")
+        on_phase(round_no, c.name, "local")
         replies[c.name].log.append(c.train_private(round_no))
     if cfg.mode == "standalone":
         for c in clients:
-            hook(round_no, c.name, "distill")
+            on_phase(round_no, c.name, "distill")
             replies[c.name].log.append(c.train_public(round_no))
         if evaluate:
             for c in clients:
                 replies[c.name].eval = c.evaluate()
     elif cfg.fedavg:
-        hook(round_no, "clients", "fedavg")
+        on_phase(round_no, "clients", "fedavg")
         for c in clients:
             replies[c.name].payload = c.adapter(round_no)
     else:
-        _send_logits(cfg, clients, round_no, replies, hook)
+        _send_logits(cfg, clients, round_no, replies, on_phase)
     return replies
 
 
@@ -357,13 +358,13 @@ def fedavg_phase(
     round_no: int,
     average: AdapterMessage,
     *,
-    hook: PhaseHook = no_hook,
+    on_phase: PhaseCallback = ignore_phase,
 ) -> dict[str, ClientReply]:
     """Every client loads the FedAvg average; ``mutual``: then sends its logits."""
     for c in clients:
         c.take_average(average)
     replies = {c.name: ClientReply() for c in clients}
-    _send_logits(cfg, clients, round_no, replies, hook)
+    _send_logits(cfg, clients, round_no, replies, on_phase)
     return replies
 
 
@@ -372,12 +373,12 @@ def _send_logits(
     clients: Sequence[ClientSteps],
     round_no: int,
     replies: dict[str, ClientReply],
-    hook: PhaseHook,
+    on_phase: PhaseCallback,
 ) -> None:
     # The clients' logits step (in one-way mode nothing is sent: a client computes its own
     # losses when it distills).
     for c in clients:
-        hook(round_no, c.name, "logits")
+        on_phase(round_no, c.name, "logits")
         if cfg.mode == "mutual":
             replies[c.name].payload = c.logits(round_no)
 
@@ -390,12 +391,12 @@ def distill_phase(
     texts: Mapping[str, Sequence[str]],
     *,
     evaluate: bool,
-    hook: PhaseHook = no_hook,
+    on_phase: PhaseCallback = ignore_phase,
 ) -> dict[str, ClientReply]:
     """Every client distills from the server's logits (evaluated after, if asked)."""
     replies = {}
     for c in clients:
-        hook(round_no, c.name, "distill")
+        on_phase(round_no, c.name, "distill")
         replies[c.name] = ClientReply(log=[c.distill(round_no, server, maps, texts)])
         if evaluate:
             replies[c.name].eval = c.evaluate()
