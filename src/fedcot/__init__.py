@@ -8,8 +8,6 @@ dependencies (torch, transformers, peft) load only when a model is used.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from fedcot.config import BackendConfig, DemoConfig, EvalConfig, load_config
 from fedcot.cot.client import FedCoTResult, run_fedcot
 from fedcot.cot.config import FedCoTConfig
@@ -29,6 +27,7 @@ from fedcot.models.backends import (
     TopKLogprobs,
     make_backend,
 )
+from fedcot.version import __version__
 
 __all__ = [
     "Backend",

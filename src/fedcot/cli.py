@@ -14,7 +14,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedcot import __version__
 from fedcot.config import DemoConfig, EvalConfig, dump_config, load_config
 from fedcot.cot.client import run_fedcot
 from fedcot.cot.config import FedCoTConfig
@@ -42,6 +41,7 @@ from fedcot.privacy.perturb import PerturbConfig, Perturber
 from fedcot.privacy.threats import run_threats, threat_table
 from fedcot.progress import progress_bar
 from fedcot.runs import RunFolder, check_run_config, read_json, write_jsonl
+from fedcot.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 

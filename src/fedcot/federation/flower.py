@@ -47,7 +47,6 @@ import yaml
 from pydantic import ValidationError
 from rich.console import Console
 
-from fedcot import __version__
 from fedcot.config import dump_config
 from fedcot.data.tasks import get_task
 from fedcot.errors import ConfigError, FedcotError
@@ -65,6 +64,7 @@ from fedcot.mkt.steps import (
 )
 from fedcot.models.registry import fedcot_home
 from fedcot.train.lora import ADAPTER_WEIGHTS, load_adapter, save_adapter
+from fedcot.version import __version__
 
 __all__ = [
     "RUN_CONFIG_DEFAULTS",
