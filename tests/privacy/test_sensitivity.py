@@ -82,6 +82,32 @@ def test_entities_do_not_overlap_and_types_are_known(det):
     assert len(kinds) == len(split_units(text))
 
 
+def test_no_entity_spans_a_line_break(det):
+    # A CQA question with its choices one per line: "destroying" and "tear" (a condition
+    # head, as in "ACL tear") are two choices, not the injury "destroying tear". A span
+    # across the line break once merged two fields into one stand-in.
+    text = (
+        "In basic training they build you up only to do what?\n"
+        "destroying\ntear down\nraze\nmutilate\ndemolition\n"
+        "Patient Anna Berg has a\nbroken arm"
+    )
+    ents = det.entities(normalize(text))
+    assert ents, "the detector found nothing at all"
+    assert all("\n" not in e.text for e in ents)
+    assert ("broken arm", "condition") in {(e.text, e.type) for e in ents}
+
+
+def test_a_span_across_lines_keeps_each_lines_part():
+    from fedcot.privacy.sensitivity import Entity, _split_at_line_breaks
+
+    text = "Lars\n Brennan\n\n"
+    parts = _split_at_line_breaks([Entity(0, 13, "person", text[:13], 0.8)], text)
+    assert [(p.text, p.type, text[p.start : p.end]) for p in parts] == [
+        ("Lars", "person", "Lars"),
+        ("Brennan", "person", "Brennan"),
+    ]
+
+
 def test_user_terms_and_presidio_recognisers_plug_in():
     from presidio_analyzer import Pattern, PatternRecognizer
 

@@ -407,7 +407,7 @@ class _WordRules:
         p = 0
         while p < len(w):
             n = self._phrase(low, p) or self._pattern(low, p)
-            if n:
+            if n and _one_line(ctx, p, p + n - 1):
                 a, b = self._extend(ctx, low, p, p + n - 1)
                 yield "condition", u[w[a]].start, u[w[b]].end
                 p = b + 1
@@ -689,6 +689,12 @@ class _WordRules:
                 yield "rare", ctx.units[i].start, ctx.units[i].end
 
 
+def _one_line(ctx: _Ctx, a: int, b: int) -> bool:
+    """Words ``a`` to ``b`` stand on one line (a phrase never runs from one field to the
+    next)."""
+    return "\n" not in ctx.text[ctx.units[ctx.words[a]].start : ctx.units[ctx.words[b]].end]
+
+
 def _rare(word: str, threshold: float) -> bool:
     parts = [p for p in word.split("-") if p]
     z = zipf(word)
@@ -877,7 +883,7 @@ class SensitivityDetector:
             for r in results
             if r.end > r.start
         ]
-        return _resolve(_trim(found, text))
+        return _resolve(_trim(_split_at_line_breaks(found, text), text))
 
     def spans(self, text: str) -> list[tuple[int, int, str]]:
         """``(start, end, type)`` of every entity."""
@@ -961,6 +967,25 @@ class SensitivityDetector:
 
 def _fedcot_type(presidio_type: str) -> str:
     return PRESIDIO_TYPES.get(presidio_type, "id")
+
+
+def _split_at_line_breaks(found: list[Entity], text: str) -> list[Entity]:
+    """An entity never spans a line break: the fields of a prompt are one per line, and a
+    stand-in must not merge two of them ("destroying\ntear" is two words on two lines).
+    Each line's part of such a span keeps the type (more detection, never less)."""
+    out = []
+    for e in found:
+        if "\n" not in e.text:
+            out.append(e)
+            continue
+        start = e.start
+        for piece in e.text.split("\n"):
+            core = piece.strip()
+            if any(ch.isalnum() for ch in core):
+                s = start + piece.index(core)
+                out.append(Entity(s, s + len(core), e.type, core, e.score))
+            start += len(piece) + 1
+    return out
 
 
 def _trim(found: list[Entity], text: str) -> list[Entity]:
