@@ -926,7 +926,7 @@ def serve_cmd(
     keys = {k for k in (api_key or []) if k} | read_api_keys(
         cfg.api_key_env, required=api_key_env is not None and not api_key
     )
-    load_and_serve(cfg, keys, out=out, err=err)
+    load_and_serve(cfg, keys, err=err)
 
 
 if __name__ == "__main__":  # pragma: no cover

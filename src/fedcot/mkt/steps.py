@@ -302,7 +302,7 @@ class ClientSteps:
     def distill(
         self, round_no: int, server: LogitsMessage, maps: Maps, texts: Mapping[str, Sequence[str]]
     ) -> dict[str, Any]:
-        """Distil from the server's logits (``client_steps``)."""
+        """Distill from the server's logits (``client_steps``)."""
         return distill_from(
             self.cfg,
             self.party,

@@ -14,12 +14,12 @@ if TYPE_CHECKING:
 __all__ = ["load_and_serve"]
 
 
-def load_and_serve(cfg: ServeConfig, api_keys: set[str], *, out: Console, err: Console) -> None:
+def load_and_serve(cfg: ServeConfig, api_keys: set[str], *, err: Console) -> None:
     """Check the port, load ``cfg``'s model, serve it until stopped, then close it.
 
     The port is checked before the (slow) model load. Progress and warnings (no API key:
     the server is open to whoever reaches it; where the audit log goes) are printed to
-    ``err``; the line ``fedcot serve: NAME at URL`` goes to ``out`` once the server listens,
+    ``err``; the line ``fedcot serve: NAME at URL`` goes to stdout once the server listens,
     and ``fedcot serve: stopped`` to ``err`` after it stopped.
     """
     check_port(cfg.host, cfg.port)  # the only port check: before the (slow) model load
@@ -33,11 +33,8 @@ def load_and_serve(cfg: ServeConfig, api_keys: set[str], *, out: Console, err: C
     if cfg.audit_log:
         err.print(f"audit log: {cfg.audit_log}")
 
-    def announce(url: str) -> None:
-        out.print(f"fedcot serve: {cfg.name} at {url}", soft_wrap=True, markup=False)
-
     try:
-        serve(be, cfg, api_keys=api_keys, announce=announce)
+        serve(be, cfg, api_keys=api_keys)  # prints "fedcot serve: NAME at URL" to stdout
     finally:
         be.close()
     err.print("fedcot serve: stopped")
