@@ -68,6 +68,14 @@ def _can_select_rows(cache: Any) -> bool:
     )
 
 
+def _cache_name() -> str:
+    """What this transformers version calls a model's key/value cache, as an argument and
+    as an output field: ``cache`` (5.x) or ``past_key_values`` (4.x, deprecated in 5.x)."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 def _select_cache_rows(cache: Any, rows: torch.Tensor) -> Any:
     """A new key/value cache holding ``rows`` of ``cache`` (repeats allowed).
 
@@ -449,7 +457,7 @@ class TransformersBackend(Backend):
             use_cache=True,
             logits_to_keep=1,
         )
-        cache = out.past_key_values
+        cache = getattr(out, _cache_name())
         if not _can_select_rows(cache):
             return None
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (batch, vocab)
@@ -487,8 +495,8 @@ class TransformersBackend(Backend):
             input_ids=cont_ids,
             attention_mask=torch.cat([mask[rows], cont_mask], dim=1),
             position_ids=lengths[rows, None] + torch.arange(span)[None, :],
-            past_key_values=_select_cache_rows(cache, rows),
             use_cache=True,
+            **{_cache_name(): _select_cache_rows(cache, rows)},
         ).logits.float()
         logp = torch.log_softmax(logits, dim=-1)  # (chunk, span, vocab)
         for k, (_, i, cont) in enumerate(chunk):
