@@ -27,6 +27,12 @@ docs section from the stored runs. Example:
         --rows label,label2x,palm,qwen-none,qwen-adaptive
     python bench/fedcot_table.py --throughput --task cqa
     python bench/fedcot_table.py --report-only
+
+``--budget NAME`` keeps the runs of another training budget apart (under
+``bench/out/fedcot/<task>@NAME/``, with their own table), e.g. a larger CQA budget:
+
+    python bench/fedcot_table.py --task cqa --budget 600x150 --train 600 --steps 150 \\
+        --lr 5e-4 --rows palm,label2x --seeds 0
 """
 
 from __future__ import annotations
@@ -116,6 +122,11 @@ def records_config(row: str, seed: int, args: argparse.Namespace) -> dict[str, A
     return cfg
 
 
+def folder_key(task: str, budget: str) -> str:
+    """The runs folder of ``task`` at a named training budget (none: the main table's)."""
+    return f"{task}@{budget}" if budget else task
+
+
 def row_config(task: str, row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """The distill config of one benchmark row."""
     if task == "private-records":
@@ -142,7 +153,7 @@ def row_config(task: str, row: str, seed: int, args: argparse.Namespace) -> dict
             "seed": seed,
         },
         "seed": seed,
-        "output_dir": str(OUT / task / f"{row}-s{seed}"),
+        "output_dir": str(OUT / folder_key(task, args.budget) / f"{row}-s{seed}"),
         "generation": {"max_new_tokens": args.max_new_tokens},
     }
     if row in ("label", "label2x"):
@@ -170,7 +181,8 @@ def run_rows(args: argparse.Namespace) -> None:
                 prefix = row.split("-", 1)[0]
                 if prefix in TEACHERS:
                     # Reuse the seed-0 answers: the same perturbed prompts hit the cache.
-                    src = OUT / task / f"{row}-s{args.seed_list[0]}" / "server_cache.jsonl"
+                    first = f"{row}-s{args.seed_list[0]}"
+                    src = OUT / folder_key(task, args.budget) / first / "server_cache.jsonl"
                     dst = cfg.output_dir / "server_cache.jsonl"
                     if seed != args.seed_list[0] and src.exists() and not dst.exists():
                         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -285,14 +297,30 @@ def _paired(a: dict[str, bool], b: dict[str, bool]) -> tuple[float, float, float
     return 100 * mean, 100 * low, 100 * high
 
 
-def _task_sections(tasks: tuple[str, ...]) -> list[str]:
-    """One table (and its rationale and timing rows) per task with stored runs."""
+def _budget_line(key: str) -> list[str]:
+    """The training budget of a named-budget folder (``cqa@600x150``), as a paragraph."""
+    if "@" not in key:
+        return []
+    p = _params(key)
+    return [
+        f"Budget `{key.split('@', 1)[1]}`: {p.get('train', '?')} training examples, "
+        f"{p.get('steps', '?')} steps of {p.get('batch_size', '?')} (the compute-matched row: "
+        f"twice the steps), lr {p.get('lr', '?')}, α = {p.get('alpha', '?')}, "
+        f"{p.get('test', '?')} test items (last runs: `python bench/fedcot_table.py "
+        f"{p.get('argv', '')}`).",
+        "",
+    ]
+
+
+def _task_sections(keys: tuple[str, ...]) -> list[str]:
+    """One table (and its rationale and timing rows) per runs folder with stored runs."""
     sections = []
-    for task in tasks:
-        runs = _load(task)
+    for key in keys:
+        runs = _load(key)
         if not runs:
             continue
-        lines = [f"### {task}", ""]
+        task = key.split("@", 1)[0]
+        lines = [f"### {key}", "", *_budget_line(key)]
         cfg0 = next(iter(runs.values()))
         n = cfg0["after"]["n"]
         lines.append(
@@ -360,7 +388,7 @@ def _task_sections(tasks: tuple[str, ...]) -> list[str]:
                     f"{'–' if r == 'palm' else m['server'].get('tokens_per_second') or '–'} | "
                     f"{eps} |"
                 )
-        tp = OUT / task / "throughput.json"
+        tp = OUT / key / "throughput.json"
         if tp.exists():
             rounds = json.loads(tp.read_text())
             raw = statistics.fmean(d["raw_tok_s"] for d in rounds)
@@ -391,7 +419,9 @@ def report(tasks: Sequence[str] = ("private-records", "cqa", "esnli")) -> None:
         )
         title = "FedCoT end to end on the private records: student accuracy over seeds"
         write_section("fedcot-records", title, body)
-    sections = _task_sections(tuple(t for t in ("cqa", "esnli") if t in tasks))
+    keys = [t for t in ("cqa", "esnli") if t in tasks]
+    keys += sorted(p.name for t in keys for p in OUT.glob(f"{t}@*") if p.is_dir())
+    sections = _task_sections(tuple(keys))
     if not sections:
         return
     params = _params("cqa")
@@ -425,6 +455,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--n-throughput", type=int, default=32)
+    ap.add_argument("--budget", default="", help="name of a non-default training budget")
     ap.add_argument("--throughput", action="store_true")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
@@ -450,8 +481,9 @@ def main() -> None:
             throughput(args)
         else:
             for task in args.tasks:
-                (OUT / task).mkdir(parents=True, exist_ok=True)
-                (OUT / task / "params.json").write_text(json.dumps(keep, indent=2))
+                folder = OUT / folder_key(task, args.budget)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "params.json").write_text(json.dumps(keep, indent=2))
             run_rows(args)
     if args.report_only:
         report()
