@@ -8,6 +8,7 @@ decoding, seeded.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -68,6 +69,7 @@ def _can_select_rows(cache: Any) -> bool:
     )
 
 
+@functools.cache
 def _cache_name() -> str:
     """What this transformers version calls a model's key/value cache, as an argument and
     as an output field: ``cache`` (5.x) or ``past_key_values`` (4.x, deprecated in 5.x)."""
